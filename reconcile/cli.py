@@ -1,0 +1,230 @@
+"""Command line: parse arguments and wire the rooms together, nothing more.
+
+    sglprep [-f STATE] [-i INVENTORY] [--limit HOST] [--json] [--no-color] COMMAND
+      plan     [--detailed-exitcode] [-o PLANFILE] [--textfile PATH]
+      apply    [PLANFILE] [--only ADDRESS...]
+      validate
+      render   TEMPLATE
+
+Global options may also follow the command (`sglprep plan --json`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, InputError, SglprepError, StalePlanError
+
+EXIT_CODES_HELP = """exit codes:
+  plan    0 nothing to do (or changes without --detailed-exitcode)
+          2 changes pending (--detailed-exitcode)
+  any     1 invalid input, a fact could not be gathered, or a blocked change
+  apply   0 every change succeeded; 3 saved plan is stale (nothing applied)
+  any     4 another apply holds the run lock past timeouts.lock_s
+"""
+
+RENDERABLE = ("prometheus.yml",)
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    parser.add_argument("-f", "--file", dest="state", metavar="STATE", default=d(None),
+                        help="desired-state file (default: states/default.yaml)")
+    parser.add_argument("-i", "--inventory", metavar="INVENTORY", default=d(None),
+                        help="Ansible-format YAML inventory (default: inventory.yaml)")
+    parser.add_argument("--limit", metavar="HOST", default=d("localhost"), help="host to reconcile (default: localhost)")
+    parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output on stdout")
+    parser.add_argument("--no-color", action="store_true", default=d(False), help="plain text (also: NO_COLOR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sglprep", description="Make a GPU host ready to serve SGLang: "
+                                     "observe it, diff it against a desired state, plan and apply.",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(parser, suppress=False)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"sglprep {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("plan", help="show what apply would change (never writes, takes no lock)")
+    _global_options(p, suppress=True)
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
+    p.add_argument("-o", "--out", metavar="PLANFILE", help="save the plan for `sglprep apply PLANFILE`")
+    p.add_argument("--textfile", metavar="PATH", help="also write node_exporter textfile metrics (atomically)")
+
+    p = sub.add_parser("apply", help="carry out the plan")
+    _global_options(p, suppress=True)
+    p.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved by `plan -o`; refused if stale")
+    p.add_argument("--only", nargs="+", metavar="ADDRESS", help="apply only these addresses (and what they need)")
+
+    p = sub.add_parser("validate", help="parse and validate state and inventory; print the merged desired state")
+    _global_options(p, suppress=True)
+
+    p = sub.add_parser("render", help="print a rendered template")
+    _global_options(p, suppress=True)
+    p.add_argument("template", choices=RENDERABLE, metavar="TEMPLATE", help=", ".join(RENDERABLE))
+    return parser
+
+
+def main(argv: list | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SglprepError as exc:
+        if args.command == "plan" and getattr(args, "textfile", None):
+            _write_textfile(args.textfile, args.limit, None)
+        print(f"sglprep: error: {exc.one_line()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sglprep: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+def _load(args):
+    from .state_load import load_desired
+
+    return load_desired(args.state, args.inventory, args.limit)
+
+
+def _writer(args):
+    from .report_text import Writer, use_color
+
+    return Writer(sys.stdout, use_color(sys.stdout, args.no_color))
+
+
+def _emit_json(doc: dict) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def _write_textfile(path: str, host: str, plan) -> None:
+    from .report_textfile import write_textfile
+
+    try:
+        write_textfile(path, host, plan)
+    except OSError as exc:
+        raise InputError(path, None, None, f"cannot write textfile: {exc.strerror}") from None
+
+
+def cmd_plan(args) -> int:
+    from .facts_host import HostFacts
+    from .plan import build_plan
+
+    desired = _load(args)
+    plan = build_plan(desired, HostFacts())
+    if args.json:
+        _emit_json(plan.to_json())
+    else:
+        from .report_text import render_plan
+
+        render_plan(plan, _writer(args))
+    if args.out:
+        from .journal import atomic_write
+
+        doc = plan.to_json()
+        doc["sources_sha"] = desired.sources_sha
+        try:
+            atomic_write(args.out, json.dumps(doc, indent=2) + "\n", 0o600)
+        except OSError as exc:
+            raise InputError(args.out, None, None, f"cannot write plan: {exc.strerror}") from None
+    if args.textfile:
+        _write_textfile(args.textfile, args.limit, plan)
+    if plan.blocked:
+        return EXIT_ERROR
+    if args.detailed_exitcode and plan.pending:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _load_saved_plan(path: str):
+    from .plan_model import FORMAT_VERSION, Plan
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise InputError(path, None, None, "plan file not found") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(path, None, None, f"not a saved plan: {exc}") from None
+    if not isinstance(data, dict) or str(data.get("format_version", "")).split(".")[0] != FORMAT_VERSION:
+        raise InputError(path, None, None, f"unsupported plan format_version {data.get('format_version')!r}"
+                         if isinstance(data, dict) else "not a saved plan")
+    try:
+        return Plan.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(path, None, None, f"not a saved plan: missing {exc}") from None
+
+
+def cmd_apply(args, argv=None) -> int:
+    from .exec_apply import apply_plan
+    from .facts_host import HostFacts
+    from .plan import build_plan, resolve_context
+
+    saved = _load_saved_plan(args.planfile) if args.planfile else None
+    desired = _load(args)
+    facts = HostFacts()
+    plan = build_plan(desired, facts)
+    if saved is not None:
+        if saved.host != plan.host:
+            raise InputError(args.planfile, None, None, f"plan was made for host {saved.host!r}, not {plan.host!r}")
+        if saved.fingerprint != plan.fingerprint:
+            raise StalePlanError(
+                f"Saved plan is stale: the host or the desired state changed since {args.planfile} was made "
+                f"(fingerprint {saved.fingerprint[:19]}…, now {plan.fingerprint[:19]}…). Nothing was applied; "
+                f"run `sglprep plan` again.")
+    if args.only:
+        unknown = [a for a in args.only if plan.find(a) is None]
+        if unknown:
+            raise InputError(None, None, "--only", f"no such resource in the plan: {', '.join(unknown)}")
+    ctx = resolve_context(desired, facts)
+    command = "sglprep " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = apply_plan(plan, desired, ctx, only=args.only, command=command)
+    if args.json:
+        doc = report.to_json()
+        doc["plan"] = plan.to_json()
+        _emit_json(doc)
+    else:
+        from .report_text import render_apply, render_plan
+
+        w = _writer(args)
+        if plan.pending or plan.blocked:
+            render_plan(plan, w)
+        else:
+            from .report_text import summary_line
+
+            w.line((summary_line(plan), "bold"))
+        render_apply(report, w)
+    return report.exit_code
+
+
+def cmd_validate(args) -> int:
+    desired = _load(args)
+    doc = {"host": desired.host, "state_file": desired.state_file, "inventory_file": desired.inventory_file,
+           "model_slug": desired.model_slug, "desired": desired.data}
+    for warning in desired.warnings:
+        print(f"sglprep: warning: {warning}", file=sys.stderr)
+    if args.json:
+        _emit_json(doc)
+    else:
+        import yaml
+
+        sys.stdout.write(f"# sglprep validate · {desired.host} · {desired.state_file}: valid\n")
+        sys.stdout.write(yaml.safe_dump(desired.data, sort_keys=False, default_flow_style=False))
+    return EXIT_OK
+
+
+def cmd_render(args) -> int:
+    desired = _load(args)
+    if args.template == "prometheus.yml":
+        from .state_layout import PROMETHEUS_CONFIG
+        from .state_templates import desired_files
+
+        want = next(f for f in desired_files(desired) if f.rel == PROMETHEUS_CONFIG)
+        sys.stdout.write(want.render())
+    return EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render}

@@ -1,0 +1,311 @@
+"""Per-resource diffs for the host's storage: pure functions of desired + facts.
+
+Nothing here does I/O. Each function takes desired values and fact objects
+and returns one `Change`; the table tests in tests/test_diff_storage.py feed
+facts in and read changes out.
+"""
+from __future__ import annotations
+
+import posixpath
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .facts_host import DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact
+from .plan_model import Change
+from .state_layout import parent_dir
+from .state_templates import DesiredFile, parse_managed, sha256_text
+
+GIB = 1 << 30
+# A process started this long after a lock's started_at is a different process
+# that reused the pid (clock granularity and ISO rounding stay well inside it).
+PID_REUSE_SLACK_S = 2.0
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who owns the storage: resolved from storage.owner and the invoker."""
+
+    uid: int
+    gid: int
+    source: str  # "invoking user", "SUDO_UID/SUDO_GID", "storage.owner"
+    problem: str = ""  # non-empty: cannot act as this owner
+
+    @property
+    def spec(self) -> str:
+        return f"{self.uid}:{self.gid}"
+
+
+def resolve_owner(owner_setting: str, ident: Identity) -> Owner:
+    if owner_setting == "auto":
+        if not ident.is_root:
+            return Owner(ident.uid, ident.gid, "invoking user")
+        if ident.sudo_uid is not None:
+            gid = ident.sudo_gid if ident.sudo_gid is not None else ident.sudo_uid
+            return Owner(ident.sudo_uid, gid, "SUDO_UID/SUDO_GID")
+        return Owner(0, 0, "root", problem=(
+            "running as root with storage.owner: auto and no SUDO_UID; sglprep never writes the storage "
+            "as root → set storage.owner: UID:GID, or run it through sudo from the owning user"))
+    uid_text, _, gid_text = owner_setting.partition(":")
+    uid, gid = int(uid_text), int(gid_text)
+    if ident.is_root or (uid == ident.uid and gid == ident.gid):
+        return Owner(uid, gid, "storage.owner")
+    return Owner(uid, gid, "storage.owner", problem=(
+        f"storage.owner is {uid}:{gid} but sglprep runs as {ident.uid}:{ident.gid} → run it as that user, "
+        f"or as root (it then writes as {uid}:{gid})"))
+
+
+def storage_root(root_setting: str, owner: Owner, ident: Identity, home_of) -> str:
+    """Absolute storage root; `~` is the owner's home (the sudo caller's, under sudo)."""
+    if root_setting == "~" or root_setting.startswith("~/"):
+        home = ident.home
+        if owner.uid != ident.uid or ident.is_root:
+            home = home_of(owner.uid) or home
+        root_setting = home.rstrip("/") + root_setting[1:]
+    return posixpath.normpath(posixpath.abspath(root_setting))
+
+
+def _chown_fix(owner: Owner, path: str) -> str:
+    return f"sudo chown {owner.spec} {shlex.quote(path)}"
+
+
+# ---------------------------------------------------------------------- checks
+
+def diff_storage_owner(owner: Owner, root: str, root_fact: DirFact, ancestor: DirFact,
+                       ownership: str) -> Change:
+    """`check:storage_owner`: can the owner write the storage root?"""
+    address = "check:storage_owner"
+    observed = {"owner": owner.spec, "problem": bool(owner.problem), "root": root,
+                "kind": root_fact.kind, "uid": root_fact.uid, "gid": root_fact.gid, "mode": root_fact.mode}
+    after = {"owner": owner.spec, "source": owner.source, "root": root}
+    if owner.problem:
+        return Change(address, "blocked", "owner_unusable", owner.problem, observed=observed, after=after)
+    if root_fact.kind == "missing":
+        if ancestor.writable_by(owner.uid, owner.gid):
+            return Change(address, "noop", "ok", f"owner {owner.spec} ({owner.source}); root {root} will be created",
+                          observed=observed | {"ancestor": ancestor.path}, after=after, show=False)
+        return Change(address, "blocked", "permissions_unexpected",
+                      f"cannot create {root}: {ancestor.path} is not writable by {owner.spec} → "
+                      f"sudo install -d -o {owner.uid} -g {owner.gid} {shlex.quote(root)}",
+                      observed=observed | {"ancestor": ancestor.path}, after=after)
+    if root_fact.kind != "dir":
+        return Change(address, "blocked", "not_a_directory",
+                      f"storage root {root} exists and is not a directory → move it away or change storage.root",
+                      observed=observed, after=after)
+    before = {"owner": f"{root_fact.uid}:{root_fact.gid}", "mode": f"{root_fact.mode:04o}"}
+    mismatch = (root_fact.uid, root_fact.gid) != (owner.uid, owner.gid)
+    if not root_fact.writable_by(owner.uid, owner.gid):
+        fix = _chown_fix(owner, root) if mismatch else f"chmod u+rwx {shlex.quote(root)}"
+        return Change(address, "blocked", "permissions_unexpected",
+                      f"storage root {root} is {before['owner']} mode {before['mode']}, not writable by "
+                      f"{owner.spec} → {fix}", before=before, after=after, observed=observed)
+    if mismatch and ownership == "fail":
+        return Change(address, "blocked", "owner_mismatch",
+                      f"storage root owner {before['owner']}, want {owner.spec} → {_chown_fix(owner, root)}",
+                      before=before, after=after, observed=observed)
+    warnings = ()
+    if mismatch:
+        warnings = (f"storage root {root} is owned by {before['owner']}, not {owner.spec} (ownership: ignore)",)
+    return Change(address, "noop", "ok", f"owner {owner.spec} ({owner.source})", before=before, after=after,
+                  observed=observed, show=bool(warnings), warnings=warnings)
+
+
+def diff_free_disk(disk: DiskFact, min_free_gib: float) -> Change:
+    need = int(min_free_gib * GIB)
+    ok = disk.free_bytes >= need
+    before = {"path": disk.path, "free_bytes": disk.free_bytes}
+    after = {"min_free_bytes": need}
+    observed = {"path": disk.path, "ok": ok}
+    if ok:
+        return Change("check:free_disk", "noop", "ok", f"{disk.free_bytes / GIB:.1f} GiB free on {disk.path}",
+                      before=before, after=after, observed=observed, show=False)
+    return Change("check:free_disk", "blocked", "insufficient_disk",
+                  f"{disk.free_bytes / GIB:.2f} GiB free on {disk.path}, need {min_free_gib:g} GiB → "
+                  f"free space there or lower storage.min_free_gib", before=before, after=after, observed=observed)
+
+
+# ----------------------------------------------------------------- directories
+
+def diff_directory(rel: str, fact: DirFact, owner: Owner, ownership: str) -> Change:
+    address = f"directory:{rel}"
+    parent = parent_dir(rel)
+    depends = (f"directory:{parent}",) if parent else ("check:storage_owner",)
+    observed = {"kind": fact.kind, "uid": fact.uid, "gid": fact.gid, "mode": fact.mode}
+    after = {"owner": owner.spec}
+    if fact.kind == "missing":
+        return Change(address, "create", "missing", f"owner {owner.spec}", depends_on=depends,
+                      before=None, after=after | {"path": fact.path}, observed=observed)
+    before = {"kind": fact.kind, "owner": f"{fact.uid}:{fact.gid}", "mode": f"{fact.mode:04o}"}
+    if fact.kind == "symlink":
+        return Change(address, "blocked", "symlink",
+                      f"{fact.path} is a symlink → replace it with a directory (a bind mount works)",
+                      depends_on=depends, before=before, after=after, observed=observed)
+    if fact.kind == "not_dir":
+        return Change(address, "blocked", "not_a_directory",
+                      f"{fact.path} exists and is not a directory → move it away",
+                      depends_on=depends, before=before, after=after, observed=observed)
+    mismatch = (fact.uid, fact.gid) != (owner.uid, owner.gid)
+    if mismatch and (ownership == "fail" or not fact.writable_by(owner.uid, owner.gid)):
+        return Change(address, "blocked", "owner_mismatch",
+                      f"owner {before['owner']}, want {owner.spec} → {_chown_fix(owner, fact.path)}",
+                      depends_on=depends, before=before, after=after, observed=observed)
+    if not fact.writable_by(owner.uid, owner.gid):
+        return Change(address, "blocked", "permissions_unexpected",
+                      f"mode {before['mode']} is not writable by its owner → chmod u+rwx {shlex.quote(fact.path)}",
+                      depends_on=depends, before=before, after=after, observed=observed)
+    if mismatch:
+        return Change(address, "noop", "owner_mismatch_ignored",
+                      f"owner {before['owner']}, want {owner.spec} (ownership: ignore)", depends_on=depends,
+                      before=before, after=after, observed=observed,
+                      warnings=(f"{fact.path} is owned by {before['owner']}, not {owner.spec}",))
+    return Change(address, "noop", "ok", f"owner {owner.spec}", depends_on=depends, before=before,
+                  after=after, observed=observed, show=False)
+
+
+# ----------------------------------------------------------------------- files
+
+def diff_file(want: DesiredFile, fact: FileFact, owner: Owner, render=None) -> Change:
+    """`file:<rel>`: the rendered template. `render` produces the full text when
+    the cheap header check cannot prove the file current (defaults to
+    `want.render`, which imports Jinja2)."""
+    address = f"file:{want.rel}"
+    depends = (f"directory:{parent_dir(want.rel)}",)
+    key = want.render_key
+    observed = {"kind": fact.kind}
+    if fact.kind == "file":
+        rec_key, rec_content, body = parse_managed(fact.text)
+        actual = sha256_text(body)
+        observed = {"kind": "file", "sha256": sha256_text(fact.text)}
+        if rec_key == key and rec_content == actual:
+            return Change(address, "noop", "ok", "content matches the template", depends_on=depends,
+                          before={"sha256": sha256_text(fact.text)}, after={"render_key": key},
+                          observed=observed, show=False)
+    elif fact.kind in ("not_file", "unreadable"):
+        return Change(address, "blocked", fact.kind,
+                      f"{fact.path} is {'not a regular file' if fact.kind == 'not_file' else 'not readable'} "
+                      f"→ move it away", depends_on=depends, observed=observed)
+    text = (render or want.render)()
+    after = {"sha256": sha256_text(text), "owner": owner.spec, "template": want.template}
+    if fact.kind == "missing":
+        return Change(address, "create", "missing", f"from templates/{want.template}", depends_on=depends,
+                      after=after, observed=observed, diff=unified_diff("", text, want.rel))
+    if fact.text == text:
+        return Change(address, "noop", "ok", "content matches the template", depends_on=depends,
+                      before={"sha256": sha256_text(fact.text)}, after=after, observed=observed, show=False)
+    return Change(address, "update", "content_differs", f"content differs from templates/{want.template}",
+                  depends_on=depends, before={"sha256": sha256_text(fact.text)}, after=after,
+                  observed=observed, diff=unified_diff(fact.text, text, want.rel))
+
+
+def unified_diff(old: str, new: str, rel: str) -> str:
+    import difflib
+
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                 fromfile=f"a/{rel}" if old else "/dev/null", tofile=f"b/{rel}")
+    out = []
+    for line in lines:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+# -------------------------------------------------------------- locks, markers
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def lock_liveness(lock: LockFact, hostname: str) -> tuple[str, str]:
+    """('live' | 'stale' | 'foreign', why) for a parsed lock or marker."""
+    if lock.host and lock.host != hostname:
+        return "foreign", f"held by pid {lock.owner_pid} on host {lock.host}"
+    proc = lock.process
+    if not proc.alive:
+        return "stale", f"pid {lock.owner_pid} gone"
+    started = lock.started_epoch
+    if started is not None and proc.create_time and proc.create_time > started + PID_REUSE_SLACK_S:
+        return "stale", (f"pid {lock.owner_pid} was reused (process started {_iso(proc.create_time)}, "
+                         f"lock taken {lock.started_at})")
+    cmd = " ".join(proc.cmdline)[:80]
+    return "live", f"held by live pid {lock.owner_pid}" + (f" ({cmd})" if cmd else "") + \
+        (f" since {lock.started_at}" if lock.started_at else "")
+
+
+def diff_lock(lock: LockFact, hostname: str) -> Change:
+    address = f"lock:{lock.name}"
+    depends = ("check:storage_owner",)
+    if lock.kind == "unparseable":
+        return Change(address, "delete", "unparseable", f"unparseable lock file ({lock.error})",
+                      depends_on=depends, before={"path": lock.path}, observed={"kind": lock.kind})
+    before = {"owner_pid": lock.owner_pid, "started_at": lock.started_at, "host": lock.host,
+              "command": lock.command}
+    state, why = lock_liveness(lock, hostname)
+    observed = before | {"state": state}
+    if state == "stale":
+        return Change(address, "delete", "stale", f"stale, {why}", depends_on=depends, before=before,
+                      observed=observed)
+    if state == "foreign":
+        return Change(address, "blocked", "foreign_host",
+                      f"{why}; cannot check it from here → confirm it is gone there, then rm {shlex.quote(lock.path)}",
+                      depends_on=depends, before=before, observed=observed)
+    return Change(address, "blocked", "held",
+                  f"{why} → wait for it to finish (or stop pid {lock.owner_pid})",
+                  depends_on=depends, before=before, observed=observed)
+
+
+def diff_marker(marker: LockFact, hostname: str) -> Change:
+    address = f"marker:{marker.name}"
+    if marker.kind == "unparseable":
+        return Change(address, "noop", "partial", f"unreadable marker ({marker.error}): partial cache",
+                      before={"path": marker.path}, observed={"kind": marker.kind})
+    before = {"owner_pid": marker.owner_pid, "started_at": marker.started_at}
+    state, why = lock_liveness(marker, hostname)
+    observed = before | {"state": state}
+    if state == "live":
+        return Change(address, "noop", "in_progress", f"stage {marker.name} in progress, {why}",
+                      before=before, observed=observed)
+    return Change(address, "noop", "partial",
+                  f"partial cache: stage {marker.name} was interrupted ({why}, started {marker.started_at or '?'})",
+                  before=before, observed=observed)
+
+
+# --------------------------------------------------------------------- pointer
+
+def diff_pointer(pointer: PointerFact) -> Change:
+    address = "pointer:container_run_meta.env"
+    depends = ("directory:telemetry",)
+    if pointer.kind == "missing":
+        return Change(address, "noop", "absent", "absent (the container publishes it)", depends_on=depends,
+                      observed={"kind": "missing"}, show=False)
+    if pointer.kind == "unparseable":
+        return Change(address, "delete", "stale", f"stale: unparseable ({pointer.error})", depends_on=depends,
+                      before={"path": pointer.path}, observed={"kind": pointer.kind, "error": pointer.error})
+    before = {"manifest": pointer.manifest_host or pointer.manifest_container}
+    observed = {"kind": "ok", "manifest": before["manifest"], "manifest_exists": pointer.manifest_exists}
+    if not pointer.manifest_exists:
+        return Change(address, "delete", "stale", f"stale: manifest {before['manifest']} is gone",
+                      depends_on=depends, before=before, observed=observed)
+    run_id = pointer.manifest.get("container_run_id") or pointer.manifest.get("run_id") or "?"
+    return Change(address, "noop", "ok", f"manifest of run {run_id}", depends_on=depends, before=before,
+                  observed=observed, show=False)
+
+
+# ------------------------------------------------------------------------ port
+
+def diff_port(port: PortFact, needed: bool) -> Change:
+    address = f"port:{port.port}"
+    if port.state == "free":
+        return Change(address, "noop", "free", "free", observed={"state": "free"}, show=False)
+    holder = f"pid {port.pid}" if port.pid else "an unknown process"
+    if port.user:
+        holder += f" ({port.user})"
+    if port.cmdline:
+        holder += f": {' '.join(port.cmdline)[:100]}"
+    before = {"pid": port.pid, "user": port.user, "cmdline": list(port.cmdline)}
+    observed = {"state": "busy", "pid": port.pid}
+    if needed:
+        fix = f"stop it (kill {port.pid})" if port.pid else f"find it with: ss -ltnp 'sport = :{port.port}'"
+        return Change(address, "blocked", "port_busy",
+                      f"port_busy: held by {holder} → {fix}; warm-ups use this port only (no fallback)",
+                      before=before, observed=observed)
+    return Change(address, "noop", "busy", f"busy, held by {holder}; no warm-up needs it now",
+                  before=before, observed=observed)

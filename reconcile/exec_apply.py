@@ -1,0 +1,192 @@
+"""Apply a plan: take the run lock, carry out each change in order through its
+executor, skip the dependents of a failure, and journal every result.
+
+The run lock (`lock:apply`, `profiles/.locks/apply.lock`) lives in the
+storage it protects, so on a fresh host the directories leading to it are
+created first (each re-checked like any change), then the lock is taken, then
+everything else runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .diff_storage import lock_liveness
+from .errors import EXIT_ERROR, EXIT_OK, LockTimeoutError
+from .exec_privs import as_owner
+from .exec_storage import CHANGED, FAILED, SKIPPED, UNCHANGED, Result, StorageExecutor
+from .facts_host import HostFacts
+from .journal import SessionLog, create_exclusive, new_run_id, utc_now_iso
+from .plan import Context
+from .plan_model import Plan
+from .state_layout import LOCKS_DIR, LOGS_DIR, lock_path, parent_dir
+from .state_load import Desired
+
+RUN_LOCK = "apply"
+
+
+@dataclass
+class ApplyReport:
+    run_id: str
+    host: str
+    fingerprint: str
+    started_at: str
+    finished_at: str = ""
+    results: list = field(default_factory=list)
+    log_file: str = ""
+    exit_code: int = EXIT_OK
+
+    def counts(self) -> dict:
+        out = {CHANGED: 0, UNCHANGED: 0, FAILED: 0, SKIPPED: 0}
+        for r in self.results:
+            out[r.status] += 1
+        return out
+
+    def to_json(self) -> dict:
+        return {"format_version": "1", "host": self.host, "run_id": self.run_id, "fingerprint": self.fingerprint,
+                "started_at": self.started_at, "finished_at": self.finished_at, "summary": self.counts(),
+                "results": [r.to_json() for r in self.results], "log_file": self.log_file,
+                "exit_code": self.exit_code}
+
+
+class RunLock:
+    """`profiles/.locks/apply.lock` held by this process for the whole apply."""
+
+    def __init__(self, ctx: Context, timeout_s: float, heartbeat_s: float, command: str, say):
+        self.ctx, self.timeout_s, self.heartbeat_s, self.command, self.say = ctx, timeout_s, heartbeat_s, command, say
+        self.path = ctx.path(lock_path(RUN_LOCK))
+        self.held = False
+
+    def acquire(self) -> None:
+        info = json.dumps({"owner_pid": os.getpid(), "started_at": utc_now_iso(), "host": self.ctx.hostname,
+                           "command": self.command}) + "\n"
+        deadline = time.monotonic() + self.timeout_s
+        next_beat = time.monotonic() + self.heartbeat_s
+        while True:
+            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
+                if create_exclusive(self.path, info):
+                    self.held = True
+                    return
+            lock = HostFacts().lock_file(RUN_LOCK, self.path)
+            if lock.kind == "missing":
+                continue
+            if lock.kind == "ok":
+                state, why = lock_liveness(lock, self.ctx.hostname)
+                if state == "stale":
+                    self.say(f"lock:apply: reclaiming stale run lock ({why})")
+                    self._remove_if_same(lock)
+                    continue
+            else:
+                why = f"unreadable run lock ({lock.error})"
+            now = time.monotonic()
+            if now >= deadline:
+                raise LockTimeoutError(
+                    f"another apply holds the run lock {self.path}: pid {lock.owner_pid}, started "
+                    f"{lock.started_at or '?'} ({why}); waited {self.timeout_s:g}s (timeouts.lock_s)")
+            if now >= next_beat:
+                self.say(f"lock:apply: waiting for pid {lock.owner_pid} (started {lock.started_at or '?'})")
+                next_beat = now + self.heartbeat_s
+            time.sleep(min(0.2, max(0.01, deadline - now)))
+
+    def _remove_if_same(self, lock) -> None:
+        again = HostFacts().lock_file(RUN_LOCK, self.path)
+        if again.kind == "ok" and (again.owner_pid, again.started_at) == (lock.owner_pid, lock.started_at):
+            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        lock = HostFacts().lock_file(RUN_LOCK, self.path)
+        if lock.kind == "ok" and lock.owner_pid == os.getpid():
+            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+        self.held = False
+
+
+def _bootstrap_addresses() -> list[str]:
+    """The directories the run lock needs, outermost first."""
+    chain, rel = [], LOCKS_DIR
+    while rel:
+        chain.append(f"directory:{rel}")
+        rel = parent_dir(rel)
+    return ["check:storage_owner"] + chain[::-1]
+
+
+def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None = None,
+               command: str = "sglprep apply", say=None, environ: dict | None = None) -> ApplyReport:
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    report = ApplyReport(run_id=new_run_id(), host=plan.host, fingerprint=plan.fingerprint,
+                         started_at=utc_now_iso())
+    executor = StorageExecutor(desired, ctx, environ)
+    selected = _select(plan, only)
+    status: dict = {}
+
+    def run(change) -> None:
+        failed_dep = next((d for d in change.depends_on if status.get(d) in (FAILED, SKIPPED)), None)
+        if failed_dep:
+            result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
+        else:
+            result = executor.execute(change)
+        status[change.address] = result.status
+        report.results.append(result)
+
+    todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
+    bootstrap = set(_bootstrap_addresses())
+    lock = RunLock(ctx, desired.data["timeouts"]["lock_s"], desired.data["heartbeat_s"], command, say)
+    try:
+        for change in [c for c in todo if c.address in bootstrap]:
+            run(change)
+        if os.path.isdir(ctx.path(LOCKS_DIR)):
+            lock.acquire()
+        else:
+            say(f"warning: {ctx.path(LOCKS_DIR)} could not be created; applying without the run lock")
+        for change in [c for c in todo if c.address not in bootstrap]:
+            run(change)
+    finally:
+        report.finished_at = utc_now_iso()
+        report.exit_code = EXIT_ERROR if any(r.status in (FAILED, SKIPPED) for r in report.results) else EXIT_OK
+        _journal(report, ctx)
+        lock.release()
+    return report
+
+
+def _select(plan: Plan, only: list | None) -> set:
+    """Addresses to apply: all, or `--only` ones plus what they depend on."""
+    if not only:
+        return {c.address for c in plan.changes}
+    by_address = {c.address: c for c in plan.changes}
+    chosen, stack = set(), list(only)
+    while stack:
+        address = stack.pop()
+        if address in chosen or address not in by_address:
+            continue
+        chosen.add(address)
+        stack.extend(by_address[address].depends_on)
+    return chosen
+
+
+def _journal(report: ApplyReport, ctx: Context) -> None:
+    """Append the results to the session log, when the logs directory exists."""
+    logs = ctx.path(LOGS_DIR)
+    if not report.results or not os.path.isdir(logs):
+        return
+    path = os.path.join(logs, f"{report.run_id}.log")
+    try:
+        with as_owner(ctx.owner.uid, ctx.owner.gid):
+            log = SessionLog(path)
+            for r in report.results:
+                log.event("RESULT", address=r.address, action=r.action, result=r.status, message=r.message)
+            log.event("APPLY_END", run_id=report.run_id, summary=report.counts(), exit_code=report.exit_code)
+        report.log_file = path
+    except OSError:
+        pass

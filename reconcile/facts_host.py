@@ -1,0 +1,365 @@
+"""Facts about the local host, gathered read-only, lazily, once per run.
+
+Every fact is a small frozen dataclass with an explicit `kind`; nothing here
+returns None for one case and False or a dict for another. Gathering never
+writes and never starts a process. `HostFacts` memoizes each fact so one run
+asks the host once; apply re-checks a fact just before acting by asking a
+fresh `HostFacts` (or `HostFacts.fresh()`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat as stat_mod
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+# ----------------------------------------------------------------- fact types
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    is_root: bool
+    sudo_uid: int | None  # SUDO_UID/SUDO_GID from the environment, when numeric
+    sudo_gid: int | None
+    hostname: str
+    home: str  # $HOME of the invoking process
+
+
+@dataclass(frozen=True)
+class DirFact:
+    path: str
+    kind: str  # missing | dir | symlink | not_dir
+    uid: int = -1
+    gid: int = -1
+    mode: int = 0  # permission bits
+
+    def writable_by(self, uid: int, gid: int) -> bool:
+        """Whether uid:gid may create entries here (owner/group/other bits)."""
+        if self.kind != "dir":
+            return False
+        if uid == 0:
+            return True
+        if uid == self.uid:
+            bits = stat_mod.S_IWUSR | stat_mod.S_IXUSR
+        elif gid == self.gid:
+            bits = stat_mod.S_IWGRP | stat_mod.S_IXGRP
+        else:
+            bits = stat_mod.S_IWOTH | stat_mod.S_IXOTH
+        return self.mode & bits == bits
+
+
+@dataclass(frozen=True)
+class FileFact:
+    path: str
+    kind: str  # missing | file | not_file | unreadable
+    text: str = ""
+    uid: int = -1
+    gid: int = -1
+
+
+@dataclass(frozen=True)
+class ProcFact:
+    pid: int
+    alive: bool
+    create_time: float = 0.0  # epoch seconds
+    user: str = ""
+    cmdline: tuple = ()
+
+
+@dataclass(frozen=True)
+class LockFact:
+    """A lock file (`profiles/.locks/<name>.lock`) or marker (`.in_progress/<stage>.json`)."""
+
+    name: str
+    path: str
+    kind: str  # ok | unparseable
+    owner_pid: int = 0
+    started_at: str = ""
+    host: str = ""
+    command: str = ""
+    process: ProcFact = field(default_factory=lambda: ProcFact(pid=0, alive=False))
+    error: str = ""
+
+    @property
+    def started_epoch(self) -> float | None:
+        return parse_iso(self.started_at)
+
+
+@dataclass(frozen=True)
+class PointerFact:
+    path: str
+    kind: str  # missing | ok | unparseable
+    manifest_container: str = ""
+    manifest_host: str = ""
+    manifest_exists: bool = False
+    manifest: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class PortFact:
+    port: int
+    state: str  # free | busy
+    pid: int = 0  # 0 when the holder cannot be seen
+    user: str = ""
+    cmdline: tuple = ()
+
+
+@dataclass(frozen=True)
+class DiskFact:
+    path: str  # the existing directory that was measured
+    free_bytes: int
+    total_bytes: int
+
+
+def parse_iso(text: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.timestamp()
+
+
+# ------------------------------------------------------------------ gathering
+
+
+class HostFacts:
+    """Lazy, memoized, read-only view of the local host."""
+
+    def __init__(self, environ: dict | None = None):
+        self._env = os.environ if environ is None else environ
+        self._memo: dict = {}
+
+    def fresh(self) -> "HostFacts":
+        return HostFacts(self._env)
+
+    def _cached(self, key, compute):
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value
+
+    # identity -------------------------------------------------------------
+    def identity(self) -> Identity:
+        return self._cached(("identity",), self._identity)
+
+    def _identity(self) -> Identity:
+        def num(name):
+            value = self._env.get(name, "")
+            return int(value) if value.isdigit() else None
+
+        uid = os.geteuid()
+        return Identity(uid=uid, gid=os.getegid(), is_root=uid == 0, sudo_uid=num("SUDO_UID"),
+                        sudo_gid=num("SUDO_GID"), hostname=socket.gethostname(),
+                        home=self._env.get("HOME", ""))
+
+    def home_of(self, uid: int) -> str:
+        def compute():
+            import pwd
+
+            try:
+                return pwd.getpwuid(uid).pw_dir
+            except KeyError:
+                return ""
+        return self._cached(("home", uid), compute)
+
+    # filesystem -----------------------------------------------------------
+    def directory(self, path: str) -> DirFact:
+        return self._cached(("dir", path), lambda: _dir_fact(path))
+
+    def file(self, path: str) -> FileFact:
+        return self._cached(("file", path), lambda: _file_fact(path))
+
+    def listdir(self, path: str) -> tuple:
+        def compute():
+            try:
+                return tuple(sorted(os.listdir(path)))
+            except (FileNotFoundError, NotADirectoryError):
+                return ()
+            except PermissionError:
+                return ()
+        return self._cached(("listdir", path), compute)
+
+    def lock_file(self, name: str, path: str) -> LockFact:
+        return self._cached(("lock", path), lambda: self._lock_fact(name, path))
+
+    def _lock_fact(self, name: str, path: str) -> LockFact:
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read(65536)
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            pid = data.get("owner_pid")
+            if isinstance(pid, bool) or not isinstance(pid, int):
+                raise ValueError("owner_pid is not an integer")
+        except FileNotFoundError:
+            return LockFact(name=name, path=path, kind="missing")
+        except (OSError, ValueError) as exc:
+            return LockFact(name=name, path=path, kind="unparseable", error=str(exc))
+        return LockFact(name=name, path=path, kind="ok", owner_pid=pid,
+                        started_at=str(data.get("started_at", "")), host=str(data.get("host", "")),
+                        command=str(data.get("command", "")), process=self.process(pid))
+
+    def process(self, pid: int) -> ProcFact:
+        return self._cached(("proc", pid), lambda: _proc_fact(pid))
+
+    def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
+        return self._cached(("pointer", path), lambda: _pointer_fact(path, container_root, host_root))
+
+    def port(self, port: int) -> PortFact:
+        return self._cached(("port", port), lambda: _port_fact(port))
+
+    def free_disk(self, path: str) -> DiskFact:
+        def compute():
+            probe = Path(path)
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            st = os.statvfs(probe)
+            return DiskFact(path=str(probe), free_bytes=st.f_bavail * st.f_frsize,
+                            total_bytes=st.f_blocks * st.f_frsize)
+        return self._cached(("disk", path), compute)
+
+
+def _dir_fact(path: str) -> DirFact:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return DirFact(path=path, kind="missing")
+    except NotADirectoryError:
+        return DirFact(path=path, kind="missing")
+    if stat_mod.S_ISLNK(st.st_mode):
+        kind = "symlink"
+    elif stat_mod.S_ISDIR(st.st_mode):
+        kind = "dir"
+    else:
+        kind = "not_dir"
+    return DirFact(path=path, kind=kind, uid=st.st_uid, gid=st.st_gid, mode=stat_mod.S_IMODE(st.st_mode))
+
+
+def _file_fact(path: str) -> FileFact:
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return FileFact(path=path, kind="missing")
+    if not stat_mod.S_ISREG(st.st_mode):
+        return FileFact(path=path, kind="not_file", uid=st.st_uid, gid=st.st_gid)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return FileFact(path=path, kind="unreadable", uid=st.st_uid, gid=st.st_gid)
+    return FileFact(path=path, kind="file", text=text, uid=st.st_uid, gid=st.st_gid)
+
+
+def _proc_fact(pid: int) -> ProcFact:
+    if pid <= 0:
+        return ProcFact(pid=pid, alive=False)
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return ProcFact(pid=pid, alive=False)
+            create_time = proc.create_time()
+            try:
+                user = proc.username()
+            except (psutil.AccessDenied, KeyError):
+                user = ""
+            try:
+                cmdline = tuple(proc.cmdline())
+            except psutil.AccessDenied:
+                cmdline = ()
+        return ProcFact(pid=pid, alive=True, create_time=create_time, user=user, cmdline=cmdline)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ProcFact(pid=pid, alive=False)
+    except psutil.AccessDenied:
+        return ProcFact(pid=pid, alive=True)
+
+
+def _pointer_fact(path: str, container_root: str, host_root: str) -> PointerFact:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(65536)
+    except (FileNotFoundError, NotADirectoryError):
+        return PointerFact(path=path, kind="missing")
+    except OSError as exc:
+        return PointerFact(path=path, kind="unparseable", error=exc.strerror or str(exc))
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            return PointerFact(path=path, kind="unparseable", error=f"line without '=': {line[:60]!r}")
+        values[key.strip()] = value.strip().strip('"').strip("'")
+    container = values.get("CONTAINER_RUN_META_JSON", "")
+    host = values.get("CONTAINER_RUN_META_JSON_HOST", "")
+    if not container and not host:
+        return PointerFact(path=path, kind="unparseable", error="no CONTAINER_RUN_META_JSON line")
+    # The manifest is looked for on the host: its host path, else its
+    # container path rebased from the container's /telemetry to ours.
+    candidates = [host] if host else []
+    if container.startswith(container_root.rstrip("/") + "/"):
+        candidates.append(host_root.rstrip("/") + container[len(container_root.rstrip("/")):])
+    manifest: dict = {}
+    exists = False
+    for cand in candidates:
+        try:
+            with open(cand, encoding="utf-8") as fh:
+                loaded = json.load(fh)
+            manifest = loaded if isinstance(loaded, dict) else {}
+            exists = True
+            break
+        except (OSError, ValueError):
+            continue
+    return PointerFact(path=path, kind="ok", manifest_container=container, manifest_host=host,
+                       manifest_exists=exists, manifest=manifest)
+
+
+def _listening_ports(path: str, want: int) -> bool:
+    try:
+        with open(path, encoding="ascii") as fh:
+            next(fh, None)
+            for line in fh:
+                parts = line.split(None, 4)
+                if len(parts) < 4 or parts[3] != "0A":  # 0A = LISTEN
+                    continue
+                if int(parts[1].rsplit(":", 1)[1], 16) == want:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def _port_fact(port: int) -> PortFact:
+    if os.path.exists("/proc/net/tcp"):
+        busy = _listening_ports("/proc/net/tcp", port) or _listening_ports("/proc/net/tcp6", port)
+    else:  # no procfs: ask the kernel by connecting (read-only probe)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            busy = sock.connect_ex(("127.0.0.1", port)) == 0
+    if not busy:
+        return PortFact(port=port, state="free")
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                proc = _proc_fact(conn.pid)
+                return PortFact(port=port, state="busy", pid=conn.pid, user=proc.user, cmdline=proc.cmdline)
+    except psutil.AccessDenied:
+        pass
+    return PortFact(port=port, state="busy")

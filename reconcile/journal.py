@@ -1,0 +1,103 @@
+"""Journal: atomic files and the session log.
+
+Every file a consumer reads is written atomically: a temp file in the same
+directory, fsync, rename over the target, fsync the directory. The temp name
+never ends in the target's suffix, so a node_exporter textfile collector
+(which reads only `*.prom`) or a JSON reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id(prefix: str = "sglprep") -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}-{stamp}-{os.urandom(4).hex()}"
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically (same-directory temp + rename)."""
+    if isinstance(data, str):
+        data = data.encode()
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_json(path: str, value, mode: int = 0o644) -> None:
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=False) + "\n", mode)
+
+
+def create_exclusive(path: str, data: bytes | str, mode: int = 0o644) -> bool:
+    """Create `path` with `data` only if it does not exist; False if it does.
+
+    The content is complete before the name appears (temp file + link), so a
+    reader never sees a half-written lock.
+    """
+    if isinstance(data, str):
+        data = data.encode()
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        _fsync_dir(directory)
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+class SessionLog:
+    """Append-only per-run log (the seeds' single session log)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, line: str) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+
+    def event(self, kind: str, **fields) -> None:
+        self.write(f"{utc_now_iso()} {kind} " + json.dumps(fields, sort_keys=True, default=str))

@@ -1,0 +1,146 @@
+"""Typed plan data: a `Change` per resource and the ordered `Plan`.
+
+Changes are plain data with an address (`type:name`), an action from a closed
+set, a machine-readable `reason`, a human `message`, the `before`/`after`
+values (Ansible's module contract) and the facts they relied on (`observed`,
+which feeds the plan fingerprint). Renderers and executors read these objects
+and nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = "1"
+ACTIONS = ("create", "update", "replace", "delete", "run", "noop", "blocked")
+SYMBOLS = {"create": "+", "update": "~", "replace": "~", "delete": "-", "run": ">", "noop": "=", "blocked": "!"}
+SUMMARY_WORDS = {"create": "to create", "update": "to update", "replace": "to replace", "delete": "to delete",
+                 "run": "to run", "blocked": "blocked"}
+
+
+@dataclass(frozen=True)
+class Change:
+    address: str
+    action: str
+    reason: str
+    message: str = ""
+    depends_on: tuple = ()
+    before: Any = None
+    after: Any = None
+    observed: Any = None  # the facts this change was computed from (fingerprint input)
+    diff: str = ""  # unified diff, for files
+    show: bool = True  # a noop worth printing (it carries information)
+    warnings: tuple = ()
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r} for {self.address}")
+
+    @property
+    def type(self) -> str:
+        return self.address.split(":", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.address.split(":", 1)[1]
+
+    @property
+    def is_change(self) -> bool:
+        return self.action not in ("noop", "blocked")
+
+    def text(self) -> str:
+        """What follows type and name in the human plan: `create, owner 1:1`."""
+        if not self.message:
+            return self.action if self.action != "noop" else f"noop: {self.reason}"
+        sep = ", " if self.action == "create" else ": "
+        return f"{self.action}{sep}{self.message}"
+
+    def to_json(self) -> dict:
+        out = {
+            "address": self.address,
+            "type": self.type,
+            "name": self.name,
+            "action": self.action,
+            "reason": self.reason,
+            "message": self.message,
+            "depends_on": list(self.depends_on),
+            "before": self.before,
+            "after": self.after,
+        }
+        if self.diff:
+            out["diff"] = self.diff
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Change":
+        return cls(address=data["address"], action=data["action"], reason=data.get("reason", ""),
+                   message=data.get("message", ""), depends_on=tuple(data.get("depends_on", ())),
+                   before=data.get("before"), after=data.get("after"), diff=data.get("diff", ""),
+                   warnings=tuple(data.get("warnings", ())))
+
+
+@dataclass
+class Plan:
+    host: str
+    state_file: str
+    fingerprint: str
+    changes: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        counts = dict.fromkeys(ACTIONS, 0)
+        for change in self.changes:
+            counts[change.action] += 1
+        return counts
+
+    @property
+    def pending(self) -> list:
+        """Changes apply would make (blocked ones excluded)."""
+        return [c for c in self.changes if c.is_change]
+
+    @property
+    def blocked(self) -> list:
+        return [c for c in self.changes if c.action == "blocked"]
+
+    def find(self, address: str) -> Change | None:
+        for change in self.changes:
+            if change.address == address:
+                return change
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "host": self.host,
+            "state_file": self.state_file,
+            "fingerprint": self.fingerprint,
+            "summary": self.summary(),
+            "changes": [c.to_json() for c in self.changes],
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        return cls(host=data["host"], state_file=data["state_file"], fingerprint=data["fingerprint"],
+                   changes=[Change.from_json(c) for c in data["changes"]],
+                   warnings=list(data.get("warnings", ())))
+
+    def render_compact(self) -> str:
+        """Deterministic one-line-per-change form, for tests (compose's Plan.String())."""
+        lines = []
+        for c in self.changes:
+            deps = ",".join(c.depends_on)
+            lines.append(f"[{deps}] {c.address} {c.action} {c.reason}: {c.message}".rstrip(": "))
+        return "\n".join(lines) + ("\n" if lines else "")
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(parts: list) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(parts).encode()).hexdigest()

@@ -1,0 +1,87 @@
+"""Human output: the plan and the apply report.
+
+Plain text when stdout is not a terminal, `NO_COLOR` is set or `--no-color`
+is given (cron, pipes: no control codes); rich styling otherwise. Both paths
+produce the same characters.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from .plan_model import SUMMARY_WORDS, SYMBOLS, Plan
+
+STYLES = {"create": "green", "update": "yellow", "replace": "yellow", "delete": "red", "run": "cyan",
+          "noop": "dim", "blocked": "bold red"}
+RESULT_STYLES = {"changed": "green", "unchanged": "dim", "failed": "bold red", "skipped": "yellow"}
+
+
+def use_color(stream, no_color_flag: bool) -> bool:
+    if no_color_flag or "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+class Writer:
+    """Writes (text, style) segments as plain text or through rich."""
+
+    def __init__(self, stream=None, color: bool = False):
+        self.stream = stream or sys.stdout
+        self.color = color
+        self._console = None
+        if color:
+            from rich.console import Console
+
+            self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+
+    def line(self, *segments) -> None:
+        if self._console is None:
+            self.stream.write("".join(text for text, _ in segments) + "\n")
+            return
+        from rich.text import Text
+
+        out = Text()
+        for text, style in segments:
+            out.append(text, style=style or None)
+        self._console.print(out)
+
+
+def summary_line(plan: Plan) -> str:
+    counts = plan.summary()
+    parts = [f"{counts[a]} {SUMMARY_WORDS[a]}" for a in SUMMARY_WORDS if counts[a]]
+    if not parts:
+        return f"No changes. {plan.host} matches {plan.state_file}."
+    return "Plan: " + ", ".join(parts) + "."
+
+
+def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
+    w.line((f"sglprep {title} · {plan.host} · {plan.state_file}", "bold"))
+    shown = [c for c in plan.changes if c.action != "noop" or c.show]
+    name_width = max([26] + [len(c.name) for c in shown])
+    for c in shown:
+        style = STYLES[c.action]
+        w.line((f"  {SYMBOLS[c.action]} ", style), (f"{c.type:<9}  ", ""), (f"{c.name:<{name_width}} ", ""),
+               (c.text(), style if c.action != "noop" else "dim"))
+        for diff_line in c.diff.splitlines():
+            diff_style = "green" if diff_line.startswith("+") else "red" if diff_line.startswith("-") else "dim"
+            w.line((f"      {diff_line}", diff_style))
+    for warning in plan.warnings:
+        w.line(("warning: ", "yellow"), (warning, ""))
+    w.line((summary_line(plan), "bold"))
+    if plan.blocked:
+        w.line(("Blocked changes need an operator: each line says what to run (→).", "red"))
+
+
+def render_apply(report, w: Writer) -> None:
+    counts = report.counts()
+    if not report.results:
+        w.line(("Apply complete: nothing to do.", "bold"))
+        return
+    for r in report.results:
+        w.line((f"  {r.status:<9} ", RESULT_STYLES[r.status]), (f"{r.address}", ""),
+               (f"  {r.message}" if r.message else "", "dim"))
+    w.line((f"Apply {'complete' if report.exit_code == 0 else 'finished with errors'}: "
+            f"{counts['changed']} changed, {counts['unchanged']} unchanged, {counts['failed']} failed, "
+            f"{counts['skipped']} skipped.", "bold" if report.exit_code == 0 else "bold red"))
+    if report.log_file:
+        w.line((f"Session log: {report.log_file}", "dim"))

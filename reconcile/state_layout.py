@@ -1,0 +1,62 @@
+"""The storage layout the seeds define, as pure data.
+
+Everything sglprep creates lives under `storage.root`. Paths here are relative
+to that root; they are also the names in resource addresses
+(`directory:profiles/flashinfer`).
+"""
+from __future__ import annotations
+
+# Parents come before children; the planner relies on this order only for
+# display, dependencies are derived from the paths themselves.
+DIRECTORIES: tuple[str, ...] = (
+    "telemetry",
+    "telemetry/logs",
+    "telemetry/prometheus",
+    "telemetry/jaeger",
+    "telemetry/container_runs",
+    "profiles",
+    "profiles/triton",
+    "profiles/torchinductor",
+    "profiles/flashinfer",
+    "profiles/deep_gemm",
+    "profiles/moe_configs",
+    "profiles/.locks",
+    "profiles/.in_progress",
+    "models",
+    "huggingface",
+)
+
+LOCKS_DIR = "profiles/.locks"
+MARKERS_DIR = "profiles/.in_progress"
+POINTER = "telemetry/container_run_meta.env"
+PROMETHEUS_CONFIG = "telemetry/prometheus/prometheus.yml"
+LOGS_DIR = "telemetry/logs"
+RUNS_DIR = "telemetry/container_runs"
+
+# Rendered templates: storage path -> template name under templates/.
+TEMPLATED_FILES: dict[str, str] = {
+    PROMETHEUS_CONFIG: "prometheus.yml.j2",
+}
+
+# Where each cache stage keeps its artifacts (under profiles/).
+STAGES: tuple[str, ...] = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
+CACHE_DIRS: dict[str, str] = {
+    "deep_gemm": "profiles/deep_gemm",
+    "moe_tune": "profiles/moe_configs",
+    "flashinfer": "profiles/flashinfer",
+    "inductor": "profiles/torchinductor",
+}
+
+
+def parent_dir(rel: str) -> str | None:
+    """The managed parent directory of `rel`, or None for a top-level one."""
+    head, sep, _ = rel.rpartition("/")
+    return head if sep else None
+
+
+def lock_path(name: str) -> str:
+    return f"{LOCKS_DIR}/{name}.lock"
+
+
+def marker_path(stage: str) -> str:
+    return f"{MARKERS_DIR}/{stage}.json"

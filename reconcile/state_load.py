@@ -1,0 +1,163 @@
+"""Load the desired state for one host: state file + inventory vars, validated.
+
+Files named on the command line (or their defaults) are looked up relative to
+the current directory first and then inside the installed package, so an
+installed `sglprep` works from any directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .state_schema import validate
+from .state_yaml import Located, load_file
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_STATE = "states/default.yaml"
+DEFAULT_INVENTORY = "inventory.yaml"
+
+
+def resolve_path(rel: str) -> Path | None:
+    """`rel` relative to the cwd, else to the installed package or source tree."""
+    path = Path(rel).expanduser()
+    if path.is_absolute():
+        return path if path.exists() else None
+    if path.exists():
+        return path
+    parts = path.parts
+    candidates = []
+    if parts and parts[0] in ("states", "templates"):
+        candidates.append(PACKAGE_DIR / "data" / Path(*parts))
+    candidates.append(PACKAGE_DIR.parent / path)  # source checkout
+    for cand in candidates:
+        if cand.exists():
+            return cand
+    return None
+
+
+def template_path(name: str) -> Path:
+    found = resolve_path(f"templates/{name}")
+    if found is None:
+        raise InputError(f"templates/{name}", None, None, "template not found (cwd or installed package)")
+    return found
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The merged, validated desired state of one host."""
+
+    host: str
+    state_file: str  # as the user named it (or the default)
+    inventory_file: str | None
+    data: dict
+    sources_sha: str  # sha256 over the state file and inventory bytes
+    warnings: tuple = field(default_factory=tuple)
+
+    def get(self, dotted_key: str):
+        node = self.data
+        for part in dotted_key.split("."):
+            node = node[part]
+        return node
+
+    @property
+    def model_slug(self) -> str:
+        slug = self.data["model"]["slug"]
+        if slug != "auto":
+            return slug
+        return slug_from_path(self.data["model"]["path"])
+
+    def stage_mode(self, stage: str) -> str:
+        return self.data["caches"][stage]["mode"]
+
+
+def slug_from_path(model_path: str) -> str:
+    base = model_path.rstrip("/").rsplit("/", 1)[-1] or "model"
+    slug = re.sub(r"[^a-z0-9._-]+", "-", base.lower()).strip("-.")
+    return slug or "model"
+
+
+def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -> Desired:
+    from .state_inventory import load_inventory
+
+    inv_display = inventory_arg or DEFAULT_INVENTORY
+    inv_path = resolve_path(inv_display)
+    if inv_path is None and inventory_arg is not None:
+        raise InputError(inv_display, None, None, "inventory file not found")
+    inventory = load_inventory(str(inv_path) if inv_path else None, inv_display)
+    host = inventory.host(limit)
+    if not host.is_local:
+        raise InputError(inventory.file, None, None,
+                         f"host '{limit}' is remote; this version reconciles only the local host "
+                         f"(use --limit localhost, or run sglprep on {limit} itself)")
+
+    if state_arg is not None:
+        state_display = state_arg
+        state_path = resolve_path(state_arg)
+    elif host.state_file:
+        state_display = host.state_file
+        base = inv_path.parent if inv_path else Path.cwd()
+        candidate = Path(host.state_file).expanduser()
+        state_path = candidate if candidate.is_absolute() else base / candidate
+        if not state_path.exists():
+            state_path = resolve_path(host.state_file)
+        if state_path is None or not state_path.exists():
+            o = host.state_file_origin
+            raise InputError(o.file if o else inventory.file, o.line if o else None, "sglprep_state",
+                             f"state file {host.state_file!r} not found")
+    else:
+        state_display = DEFAULT_STATE
+        state_path = resolve_path(DEFAULT_STATE)
+    if state_path is None:
+        raise InputError(state_display, None, None, "state file not found")
+
+    doc = load_file(str(state_path), state_display)
+    if not isinstance(doc.value, dict):
+        raise InputError(state_display, 1, None, "the state file must be a mapping of keys")
+    _merge_overrides(doc, host.overrides, host.override_origins)
+    data = validate(doc)
+
+    digest = hashlib.sha256()
+    digest.update(state_path.read_bytes())
+    if inv_path is not None:
+        digest.update(b"\0inventory\0")
+        digest.update(inv_path.read_bytes())
+    digest.update(f"\0host\0{limit}".encode())
+    return Desired(host=limit, state_file=state_display, inventory_file=inv_display if inv_path else None,
+                   data=data, sources_sha="sha256:" + digest.hexdigest(),
+                   warnings=tuple(inventory.warnings))
+
+
+def _merge_overrides(doc: Located, overrides: dict, origins: dict, prefix: tuple = ()) -> None:
+    """Deep-merge inventory overrides into the state document, keeping origins."""
+    target = doc.value
+    for part in prefix:
+        target = target[part]
+    for key, value in overrides.items():
+        path = prefix + (key,)
+        current = target.get(key) if isinstance(target, dict) else None
+        if isinstance(value, dict) and isinstance(current, str) and path[:1] == ("caches",) and len(path) == 2:
+            current = target[key] = {"mode": current}  # a bare mode becomes its mapping form
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge_overrides(doc, value, origins, path)
+            continue
+        target[key] = value
+        for p in [p for p in doc.origins if p[: len(path)] == path]:
+            doc.origins.pop(p, None)
+            doc.raw.pop(p, None)
+        origin = origins.get(path)
+        if origin is not None:
+            doc.origins[path] = origin
+        _record_origins(doc, value, path, origins)
+
+
+def _record_origins(doc: Located, value, path: tuple, origins: dict) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            child = path + (k,)
+            if child in origins:
+                doc.origins[child] = origins[child]
+            _record_origins(doc, v, child, origins)
+

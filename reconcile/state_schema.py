@@ -1,0 +1,335 @@
+"""The desired-state schema: keys, types, defaults, and validation.
+
+Each key is declared once here, with its default. `validate()` walks a merged
+document and raises `InputError` naming file, line and key for the first
+problem; it never returns a half-valid state. `states/default.yaml` documents
+every key declared here (a test keeps the two in step).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import InputError
+from .state_yaml import KeyPath, Located, dotted
+
+MODES = ("ensure", "rebuild", "skip")
+STAGE_NAMES = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
+SLUG_RE = re.compile(r"^[a-z0-9._-]+$")
+SETTING_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+OWNER_RE = re.compile(r"^(\d+):(\d+)$")
+KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
+# SGLang parses these with human_readable_int: "8k" means 8000, not 8192.
+HUMAN_READABLE_INT_SETTINGS = ("context_length", "max_prefill_tokens", "max_total_tokens")
+
+
+class Invalid(Exception):
+    """Raised by a type check; `validate` adds file, line and key."""
+
+
+def _show(value: Any, raw: str | None) -> str:
+    if raw is not None:
+        return repr(raw)
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+@dataclass
+class Spec:
+    """One key's type, default and constraints."""
+
+    kind: str  # str, int, number, bool, enum, map, dict, list, mode_or_map, any_scalar
+    default: Any = None
+    choices: tuple = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    fields: dict = field(default_factory=dict)  # for kind=map
+    item: "Spec | None" = None  # for list / dict values
+    check: Callable[[Any], str | None] | None = None  # extra check: message or None
+    open_keys: bool = False  # map: unknown keys allowed (validated by `item`)
+    doc: str = ""
+
+
+def S(**kw) -> Spec:  # noqa: N802 - short constructor keeps the schema table readable
+    return Spec(**kw)
+
+
+def _owner_check(value: str) -> str | None:
+    if value == "auto" or OWNER_RE.match(value):
+        return None
+    return f"must be 'auto' or 'UID:GID' (numbers), got {value!r}"
+
+
+def _slug_check(value: str) -> str | None:
+    if value == "auto" or SLUG_RE.match(value):
+        return None
+    return f"must be 'auto' or use only [a-z0-9._-], got {value!r}"
+
+
+def _url_check(value: str) -> str | None:
+    if value.startswith(("http://", "https://")) and len(value) > 8:
+        return None
+    return f"must be an http:// or https:// URL, got {value!r}"
+
+
+def _gpus_check(value: Any) -> str | None:
+    if value in ("all", "none"):
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                 for v in value):
+        return None
+    return f"must be 'all', 'none' or a list of device ids, got {value!r}"
+
+
+def _stage_options(**extra: Spec) -> Spec:
+    fields = {
+        "mode": S(kind="enum", choices=MODES, default="ensure", doc="ensure | rebuild | skip"),
+        "verify": S(kind="bool", default=False, doc="prove the cache warm after priming"),
+        "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=None,
+                       doc="stage timeout; default timeouts.stage_s"),
+    }
+    fields.update(extra)
+    return S(kind="mode_or_map", fields=fields)
+
+
+SETTINGS_FIELDS: dict[str, Spec] = {
+    "mem_fraction_static": S(kind="number", minimum=0, maximum=1, exclusive_minimum=True, default=0.94),
+    "kv_cache_dtype": S(kind="enum", choices=KV_CACHE_DTYPES, default="fp8_e4m3"),
+    "chunked_prefill_size": S(kind="int", default=4096,
+                              check=lambda v: None if v == -1 or v > 0 else "must be -1 (off) or > 0"),
+    "max_mamba_cache_size": S(kind="int", minimum=1, default=1),
+    "context_length": S(kind="int", minimum=1, default=32768),
+    "max_prefill_tokens": S(kind="int", minimum=1, default=32768),
+    "max_total_tokens": S(kind="int", minimum=1, default=None),
+    "cuda_graph": S(kind="bool", default=True),
+}
+
+SCHEMA = S(kind="map", fields={
+    "version": S(kind="int", default=1, check=lambda v: None if v == 1 else f"must be 1, got {v}"),
+    "storage": S(kind="map", fields={
+        "root": S(kind="str", default="~/sglang-observability",
+                  check=lambda v: None if v.strip() else "must not be empty"),
+        "owner": S(kind="str", default="auto", check=_owner_check),
+        "ownership": S(kind="enum", choices=("fail", "ignore"), default="fail"),
+        "min_free_gib": S(kind="number", minimum=0, default=1),
+    }),
+    "runtime": S(kind="map", fields={
+        "kind": S(kind="enum", choices=("docker", "local"), default="docker"),
+        "python": S(kind="str", default="python3"),
+        "env": S(kind="dict", item=S(kind="str"), default={}),
+        "container": S(kind="map", fields={
+            "name": S(kind="str", default="sglang-dev",
+                      check=lambda v: None if re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", v)
+                      else f"is not a valid container name: {v!r}"),
+            "image": S(kind="str", default="lmsysorg/sglang:dev"),
+            "entrypoint": S(kind="enum", choices=("sglprep", "image"), default="sglprep"),
+            "network": S(kind="str", default="host"),
+            "gpus": S(kind="any", default="all", check=_gpus_check),
+            "cap_add": S(kind="list", item=S(kind="str"), default=["SYS_ADMIN"]),
+            "state": S(kind="enum", choices=("running", "absent"), default="running"),
+        }),
+    }),
+    "model": S(kind="map", fields={
+        "path": S(kind="str", default="/models/Qwen/Qwen3-Next-80B-A3B-Thinking-FP8"),
+        "slug": S(kind="str", default="auto", check=_slug_check),
+    }),
+    "tp": S(kind="int", minimum=1, default=1),
+    "server": S(kind="map", fields={
+        "host": S(kind="str", default="127.0.0.1"),
+        "port": S(kind="int", minimum=1, maximum=65535, default=30000),
+        "settings": S(kind="map", fields=SETTINGS_FIELDS, open_keys=True, item=S(kind="setting")),
+        "extra_args": S(kind="list", item=S(kind="str"), default=[]),
+    }),
+    "caches": S(kind="map", fields={
+        "deep_gemm": _stage_options(),
+        "moe_tune": _stage_options(),
+        "flashinfer": _stage_options(),
+        "inductor": _stage_options(),
+    }),
+    "telemetry": S(kind="map", fields={
+        "prometheus_url": S(kind="str", default="http://127.0.0.1:9090", check=_url_check),
+        "probe": S(kind="bool", default=True),
+        "scrape_interval_s": S(kind="int", minimum=1, default=5),
+    }),
+    "timeouts": S(kind="map", fields={
+        "lock_s": S(kind="number", minimum=0, default=600),
+        "readiness_s": S(kind="number", minimum=0, exclusive_minimum=True, default=3600),
+        "stage_s": S(kind="number", minimum=0, exclusive_minimum=True, default=3600),
+        "teardown_s": S(kind="number", minimum=0, exclusive_minimum=True, default=10),
+    }),
+    "heartbeat_s": S(kind="number", minimum=0, exclusive_minimum=True, default=60),
+})
+
+# Cache defaults as the state file documents them (a bare mode per stage).
+CACHE_DEFAULT_MODES = {"deep_gemm": "ensure", "moe_tune": "skip", "flashinfer": "ensure", "inductor": "skip"}
+
+
+def defaults(spec: Spec = SCHEMA) -> Any:
+    """The fully defaulted document for `spec`."""
+    if spec.kind == "map":
+        return {k: defaults(v) for k, v in spec.fields.items()}
+    if spec.kind == "mode_or_map":
+        return {k: defaults(v) for k, v in spec.fields.items()}
+    if isinstance(spec.default, (dict, list)):
+        return type(spec.default)(spec.default)
+    return spec.default
+
+
+def default_document() -> dict:
+    doc = defaults()
+    for stage, mode in CACHE_DEFAULT_MODES.items():
+        doc["caches"][stage]["mode"] = mode
+    return doc
+
+
+def all_key_paths(spec: Spec = SCHEMA, prefix: tuple = ()) -> list[tuple]:
+    """Every declared key path (for documentation checks)."""
+    out = []
+    for name, sub in spec.fields.items():
+        path = prefix + (name,)
+        out.append(path)
+        if sub.kind in ("map", "mode_or_map"):
+            out.extend(all_key_paths(sub, path))
+    return out
+
+
+# ---------------------------------------------------------------- validation
+
+def validate(doc: Located) -> dict:
+    """Validate and normalise `doc.value` against the schema; return the document.
+
+    Cache entries given as a bare mode are expanded to `{mode: …, …defaults}`.
+    """
+    return _check(SCHEMA, doc.value, (), doc)
+
+
+def _fail(doc: Located, path: KeyPath, message: str) -> InputError:
+    origin = doc.origin(path)
+    return InputError(origin.file, origin.line, dotted(path) or None, message)
+
+
+def _check(spec: Spec, value: Any, path: KeyPath, doc: Located) -> Any:
+    raw = doc.raw.get(path)
+    try:
+        if spec.kind == "map":
+            return _check_map(spec, value, path, doc)
+        if spec.kind == "mode_or_map":
+            if isinstance(value, dict):
+                return _check_map(spec, value, path, doc)
+            mode = _scalar(S(kind="enum", choices=MODES), value, raw)
+            out = defaults(spec)
+            out["mode"] = mode
+            return out
+        if spec.kind == "dict":
+            if not isinstance(value, dict):
+                raise Invalid(f"must be a mapping, got {_show(value, raw)}")
+            return {k: _check(spec.item, v, path + (k,), doc) for k, v in value.items()}
+        if spec.kind == "list":
+            if not isinstance(value, list):
+                raise Invalid(f"must be a list, got {_show(value, raw)}")
+            return [_check(spec.item, v, path + (i,), doc) for i, v in enumerate(value)]
+        if spec.kind == "setting":
+            return _check_setting(value, raw, path)
+        out = _scalar(spec, value, raw)
+        if spec.check is not None and out is not None:
+            problem = spec.check(out)
+            if problem:
+                raise Invalid(problem)
+        return out
+    except Invalid as exc:
+        raise _fail(doc, path, str(exc)) from None
+
+
+def _check_map(spec: Spec, value: Any, path: KeyPath, doc: Located) -> dict:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise Invalid(f"must be a mapping, got {_show(value, doc.raw.get(path))}")
+    out = {}
+    for key, sub in value.items():
+        if key in spec.fields:
+            out[key] = _check(spec.fields[key], sub, path + (key,), doc)
+        elif spec.open_keys:
+            if not SETTING_NAME_RE.match(key):
+                raise _fail(doc, path + (key,), "setting names use lower_snake_case (they become --kebab-case flags)")
+            out[key] = _check(spec.item, sub, path + (key,), doc)
+        else:
+            raise _fail(doc, path + (key,), _unknown_key_message(key, spec))
+    for key, sub in spec.fields.items():
+        if key not in out:
+            out[key] = defaults(sub)
+    return out
+
+
+def _unknown_key_message(key: str, spec: Spec) -> str:
+    import difflib
+
+    known = sorted(spec.fields)
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown key{hint}; expected one of {', '.join(known)}"
+
+
+def _scalar(spec: Spec, value: Any, raw: str | None) -> Any:
+    kind = spec.kind
+    if value is None and spec.default is None and kind not in ("enum", "bool"):
+        return None
+    if kind == "any":
+        return value
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise Invalid(f"must be a string, got {_show(value, raw)}")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise Invalid(f"must be true or false, got {_show(value, raw)}")
+    if kind == "enum":
+        if isinstance(value, str) and value in spec.choices:
+            return value
+        return_hint = ""
+        if isinstance(value, bool):
+            return_hint = " (YAML reads on/off/yes/no as booleans; quote the word or use a mode name)"
+        raise Invalid(f"must be one of {', '.join(spec.choices)}, got {_show(value, raw)}{return_hint}")
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and re.match(r"^\s*\d+(\.\d+)?\s*[kKmMgG]i?\s*$", value):
+                raise Invalid(f"must be a plain integer, got {value!r} (SGLang reads SI suffixes as powers "
+                              f"of 1000: '8k' is 8000, not 8192; write the number)")
+            raise Invalid(f"must be an integer, got {_show(value, raw)}")
+        _bounds(spec, value)
+        return value
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid(f"must be a number, got {_show(value, raw)}")
+        _bounds(spec, value)
+        return value
+    raise AssertionError(f"unknown spec kind {kind}")
+
+
+def _bounds(spec: Spec, value: float) -> None:
+    if spec.minimum is not None:
+        if spec.exclusive_minimum and value <= spec.minimum:
+            raise Invalid(f"must be > {spec.minimum:g}, got {value}")
+        if not spec.exclusive_minimum and value < spec.minimum:
+            raise Invalid(f"must be >= {spec.minimum:g}, got {value}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise Invalid(f"must be <= {spec.maximum:g}, got {value}")
+
+
+def _check_setting(value: Any, raw: str | None, path: KeyPath) -> Any:
+    """A server setting not declared above: any scalar or list of scalars."""
+    name = path[-1]
+    if name in HUMAN_READABLE_INT_SETTINGS:
+        return _scalar(S(kind="int", minimum=1), value, raw)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool)
+                                       for v in value):
+        return value
+    if value is None:
+        return None
+    raise Invalid(f"must be a scalar or a list of scalars, got {_show(value, raw)}")

@@ -1,0 +1,100 @@
+"""Desired content of rendered-template files.
+
+A managed file starts with one header line:
+
+    # sglprep-managed: render=sha256:<key> content=sha256:<hash of the rest>
+
+`render` is a hash of the template source and its context, `content` a hash of
+the body as written. When both still match, the file is known to be what the
+template would produce, so a converged `plan` never needs to import Jinja2.
+Rendering is strict (StrictUndefined); values placed in shell lines go
+through the `shq` filter (shlex.quote).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from .state_load import Desired, template_path
+
+HEADER_PREFIX = "# sglprep-managed: "
+RENDERER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DesiredFile:
+    rel: str  # path under the storage root
+    template: str  # template name under templates/
+    source: bytes  # template source
+    context: dict
+
+    @property
+    def render_key(self) -> str:
+        digest = hashlib.sha256()
+        digest.update(RENDERER_VERSION.encode() + b"\0" + self.source + b"\0")
+        digest.update(json.dumps(self.context, sort_keys=True, separators=(",", ":")).encode())
+        return "sha256:" + digest.hexdigest()
+
+    def render(self) -> str:
+        """The whole file: header line plus rendered body (imports Jinja2)."""
+        body = render_string(self.source.decode(), self.context, self.template)
+        return header_line(self.render_key, body) + body
+
+
+def sha256_text(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def header_line(render_key: str, body: str) -> str:
+    return f"{HEADER_PREFIX}render={render_key} content={sha256_text(body)}\n"
+
+
+def parse_managed(text: str) -> tuple[str, str, str]:
+    """(render key, recorded content hash, body); empty strings when no header."""
+    first, sep, rest = text.partition("\n")
+    if not first.startswith(HEADER_PREFIX):
+        return "", "", text
+    fields = dict(part.split("=", 1) for part in first[len(HEADER_PREFIX):].split() if "=" in part)
+    return fields.get("render", ""), fields.get("content", ""), rest
+
+
+def render_string(source: str, context: dict, name: str = "<template>") -> str:
+    import shlex
+
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)
+    env.filters["shq"] = lambda value: shlex.quote(str(value))
+    try:
+        return env.from_string(source).render(**context)
+    except jinja2.TemplateError as exc:
+        from .errors import InputError
+
+        raise InputError(f"templates/{name}", getattr(exc, "lineno", None), None,
+                         f"template error: {exc.message if hasattr(exc, 'message') else exc}") from None
+
+
+def prometheus_context(desired: Desired) -> dict:
+    server = desired.data["server"]
+    host = server["host"]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return {
+        "host": desired.host,
+        "model_slug": desired.model_slug,
+        "sglang_target": f"{host}:{server['port']}",
+        "scrape_interval_s": desired.data["telemetry"]["scrape_interval_s"],
+    }
+
+
+def desired_files(desired: Desired) -> list[DesiredFile]:
+    from .state_layout import PROMETHEUS_CONFIG, TEMPLATED_FILES
+
+    contexts = {PROMETHEUS_CONFIG: prometheus_context(desired)}
+    out = []
+    for rel, template in TEMPLATED_FILES.items():
+        source = template_path(template).read_bytes()
+        out.append(DesiredFile(rel=rel, template=template, source=source, context=contexts[rel]))
+    return out

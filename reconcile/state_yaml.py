@@ -1,0 +1,116 @@
+"""YAML loading that remembers where every value came from.
+
+State files and inventories are parsed into plain Python values plus a map
+from each key path to its origin (file, line) and, for scalars, the text as
+written. Validation then reports `file:line: key: message` and can quote what
+the user typed (`got 'on'`) rather than what YAML 1.1 made of it (`True`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+KeyPath = tuple  # of str (mapping keys) and int (sequence indices)
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_constructor = yaml.constructor.SafeConstructor()
+
+
+@dataclass(frozen=True)
+class Origin:
+    file: str
+    line: int
+
+
+@dataclass
+class Located:
+    """A parsed document: `value` plus where each part of it came from."""
+
+    value: Any
+    file: str
+    origins: dict = field(default_factory=dict)  # KeyPath -> Origin
+    raw: dict = field(default_factory=dict)  # KeyPath -> scalar text as written
+
+    def origin(self, path: KeyPath) -> Origin:
+        """Origin of `path`, or of its nearest ancestor that has one."""
+        path = tuple(path)
+        while path:
+            if path in self.origins:
+                return self.origins[path]
+            path = path[:-1]
+        return self.origins.get((), Origin(self.file, 1))
+
+
+def dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_file(path: str, display: str | None = None) -> Located:
+    display = display or path
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        raise InputError(display, None, None, "file not found") from None
+    except OSError as exc:
+        raise InputError(display, None, None, f"cannot read: {exc.strerror}") from None
+    return load_text(text, display)
+
+
+def load_text(text: bytes | str, display: str) -> Located:
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InputError(display, line, None, f"YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(display, None, None, f"YAML syntax error: {exc}") from None
+    doc = Located(value=None, file=display)
+    if node is None:
+        doc.value = {}
+        doc.origins[()] = Origin(display, 1)
+        return doc
+    doc.value = _build(node, (), doc)
+    return doc
+
+
+def _build(node: yaml.Node, path: KeyPath, doc: Located) -> Any:
+    doc.origins[path] = Origin(doc.file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise InputError(doc.file, key_node.start_mark.line + 1, dotted(path) or None,
+                                 "YAML merge keys (<<) are not supported")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise InputError(doc.file, key_node.start_mark.line + 1, dotted(path) or None,
+                                 "mapping keys must be plain strings")
+            key = str(key_node.value)
+            if key in out:
+                raise InputError(doc.file, key_node.start_mark.line + 1, dotted(path + (key,)),
+                                 "duplicate key")
+            child = path + (key,)
+            out[key] = _build(value_node, child, doc)
+            # A key's own line is more useful than its value's (block values start below).
+            doc.origins[child] = Origin(doc.file, key_node.start_mark.line + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, path + (i,), doc) for i, item in enumerate(node.value)]
+    doc.raw[path] = node.value
+    try:
+        return _constructor.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError as exc:
+        raise InputError(doc.file, node.start_mark.line + 1, dotted(path) or None,
+                         f"cannot read value: {exc.problem}") from None
