@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import shlex
-from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timezone
 
 from .facts_host import DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact
@@ -22,8 +22,7 @@ GIB = 1 << 30
 PID_REUSE_SLACK_S = 2.0
 
 
-@dataclass(frozen=True)
-class Owner:
+class Owner(NamedTuple):
     """Who owns the storage: resolved from storage.owner and the invoker."""
 
     uid: int

@@ -10,7 +10,7 @@ run as the storage owner (`as_owner`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .exec_privs import as_owner
 from .facts_host import HostFacts
@@ -23,8 +23,7 @@ from .state_templates import desired_files
 CHANGED, UNCHANGED, FAILED, SKIPPED = "changed", "unchanged", "failed", "skipped"
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     address: str
     action: str
     status: str  # changed | unchanged | failed | skipped

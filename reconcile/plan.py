@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from . import __version__
 from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker,
@@ -24,8 +25,7 @@ from .state_templates import desired_files
 CONTAINER_TELEMETRY = "/telemetry"
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What every diff of one run shares: the resolved owner and root."""
 
     owner: Owner

@@ -29,10 +29,11 @@ class Invalid(Exception):
 
 
 def _show(value: Any, raw: str | None) -> str:
-    if raw is not None:
-        return repr(raw)
+    """The value as the user wrote it (`'on'`, not `True`)."""
     if value is None:
         return "null"
+    if raw is not None:
+        return repr(raw)
     return repr(value)
 
 

@@ -8,6 +8,7 @@ the user typed (`got 'on'`) rather than what YAML 1.1 made of it (`True`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from typing import Any
 
 import yaml
@@ -20,8 +21,7 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _constructor = yaml.constructor.SafeConstructor()
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     file: str
     line: int
 

@@ -1,0 +1,101 @@
+"""Facts from fixtures: the same interface as `HostFacts`, backed by dicts.
+
+Unlisted directories and files are missing, unlisted ports are free, and the
+disk has plenty of room, so a fixture only names what differs from an empty
+host.
+"""
+from __future__ import annotations
+
+from reconcile.facts_host import (DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact,
+                                  ProcFact)
+
+ROOT = "/srv/sgl"
+DEFAULT_IDENTITY = Identity(uid=1000, gid=1000, is_root=False, sudo_uid=None, sudo_gid=None,
+                            hostname="gpu-01", home="/home/u")
+
+
+class FakeFacts:
+    def __init__(self, *, identity: Identity = DEFAULT_IDENTITY, dirs: dict | None = None,
+                 files: dict | None = None, locks: dict | None = None, markers: dict | None = None,
+                 pointer: PointerFact | None = None, ports: dict | None = None, free_bytes: int = 100 << 30,
+                 homes: dict | None = None, root: str = ROOT):
+        self._identity = identity
+        self.root = root
+        self.dirs = dirs or {}  # rel -> DirFact (path filled in)
+        self.files = files or {}  # rel -> text
+        self.locks = locks or {}  # name -> LockFact
+        self.markers = markers or {}  # stage -> LockFact
+        self._pointer = pointer
+        self.ports = ports or {}  # port -> PortFact
+        self.free_bytes = free_bytes
+        self.homes = homes or {}
+        self.asked: list = []
+
+    def fresh(self):
+        return self
+
+    def _rel(self, path: str) -> str | None:
+        if path == self.root:
+            return ""
+        prefix = self.root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else None
+
+    def identity(self) -> Identity:
+        return self._identity
+
+    def home_of(self, uid: int) -> str:
+        return self.homes.get(uid, "")
+
+    def directory(self, path: str) -> DirFact:
+        self.asked.append(("directory", path))
+        rel = self._rel(path)
+        fact = self.dirs.get(rel) if rel is not None else self.dirs.get(path)
+        if fact is None:
+            return DirFact(path=path, kind="missing")
+        return fact._replace(path=path)
+
+    def file(self, path: str) -> FileFact:
+        rel = self._rel(path)
+        text = self.files.get(rel)
+        if text is None:
+            return FileFact(path=path, kind="missing")
+        return FileFact(path=path, kind="file", text=text, uid=1000, gid=1000)
+
+    def listdir(self, path: str) -> tuple:
+        rel = self._rel(path)
+        if rel == "profiles/.locks":
+            return tuple(sorted(f"{n}.lock" for n in self.locks))
+        if rel == "profiles/.in_progress":
+            return tuple(sorted(f"{n}.json" for n in self.markers))
+        return ()
+
+    def lock_file(self, name: str, path: str) -> LockFact:
+        table = self.markers if path.endswith(".json") else self.locks
+        fact = table.get(name)
+        if fact is None:
+            return LockFact(name=name, path=path, kind="missing")
+        return fact._replace(name=name, path=path)
+
+    def process(self, pid: int) -> ProcFact:
+        return ProcFact(pid=pid, alive=False)
+
+    def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
+        return (self._pointer or PointerFact(path=path, kind="missing"))._replace(path=path)
+
+    def port(self, port: int) -> PortFact:
+        return self.ports.get(port, PortFact(port=port, state="free"))
+
+    def free_disk(self, path: str) -> DiskFact:
+        return DiskFact(path=self.root, free_bytes=self.free_bytes, total_bytes=500 << 30)
+
+
+def dir_ok(uid: int = 1000, gid: int = 1000, mode: int = 0o755) -> DirFact:
+    return DirFact(path="", kind="dir", uid=uid, gid=gid, mode=mode)
+
+
+def converged_dirs(uid: int = 1000, gid: int = 1000) -> dict:
+    from reconcile.state_layout import DIRECTORIES
+
+    out = {"": dir_ok(uid, gid)}
+    out.update({rel: dir_ok(uid, gid) for rel in DIRECTORIES})
+    return out
