@@ -48,7 +48,7 @@ class StorageExecutor:
         self.environ = environ
 
     def _recheck(self, change: Change) -> Change | None:
-        return diff_resource(change.address, self.desired, HostFacts(self.environ), self.ctx)
+        return diff_resource(change.address, self.desired, HostFacts(self.environ), self.ctx, os.getpid())
 
     def execute(self, change: Change) -> Result:
         if change.action == "blocked":

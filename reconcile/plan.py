@@ -55,17 +55,14 @@ def nearest_existing(facts: HostFacts, path: str):
         probe = parent
 
 
-def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context, own_pid: int | None) -> list[str]:
+def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list[str]:
     """Every resource of this host, in plan order."""
     addresses = ["check:storage_owner", "check:free_disk"]
     addresses += [f"directory:{rel}" for rel in DIRECTORIES]
     addresses += [f"file:{rel}" for rel in TEMPLATED_FILES]
     for entry in facts.listdir(ctx.path(LOCKS_DIR)):
         if entry.endswith(".lock") and not entry.startswith("."):
-            name = entry[: -len(".lock")]
-            lock = facts.lock_file(name, ctx.path(lock_path(name)))
-            if lock.kind != "missing" and not (own_pid is not None and lock.owner_pid == own_pid):
-                addresses.append(f"lock:{name}")
+            addresses.append(f"lock:{entry[: -len('.lock')]}")
     for entry in facts.listdir(ctx.path(MARKERS_DIR)):
         if entry.endswith(".json") and not entry.startswith("."):
             addresses.append(f"marker:{entry[: -len('.json')]}")
@@ -74,11 +71,13 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context, own_pid
     return addresses
 
 
-def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context) -> Change | None:
+def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context,
+                  own_pid: int | None = None) -> Change | None:
     """The change one resource needs, from the facts as `facts` sees them.
 
     Used to build the plan and, with fresh facts, by apply to re-check a
-    change just before it acts. None: the resource no longer exists.
+    change just before it acts. None: the resource does not exist (or is a
+    lock held by `own_pid`, this apply's own).
     """
     kind, _, name = address.partition(":")
     storage = desired.data["storage"]
@@ -98,7 +97,9 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
         return replace(change, observed=dict(change.observed or {}, render_key=want.render_key))
     if kind == "lock":
         lock = facts.lock_file(name, ctx.path(lock_path(name)))
-        return None if lock.kind == "missing" else diff_lock(lock, ctx.hostname)
+        if lock.kind == "missing" or (own_pid is not None and lock.owner_pid == own_pid):
+            return None
+        return diff_lock(lock, ctx.hostname)
     if kind == "marker":
         marker = facts.lock_file(name, ctx.path(marker_path(name)))
         return None if marker.kind == "missing" else diff_marker(marker, ctx.hostname)
@@ -114,8 +115,8 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     (apply's own run lock) is not a resource to act on."""
     ctx = resolve_context(desired, facts)
     changes = []
-    for address in resource_addresses(desired, facts, ctx, own_pid):
-        change = diff_resource(address, desired, facts, ctx)
+    for address in resource_addresses(desired, facts, ctx):
+        change = diff_resource(address, desired, facts, ctx, own_pid)
         if change is not None:
             changes.append(change)
     parts = [__version__, desired.sources_sha, desired.host,
