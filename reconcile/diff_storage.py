@@ -71,14 +71,24 @@ def _chown_fix(owner: Owner, path: str) -> str:
 # ---------------------------------------------------------------------- checks
 
 def diff_storage_owner(owner: Owner, root: str, root_fact: DirFact, ancestor: DirFact,
-                       ownership: str) -> Change:
-    """`check:storage_owner`: can the owner write the storage root?"""
+                       ownership: str, path_facts: list | tuple = ()) -> Change:
+    """`check:storage_owner`: can the owner reach and write the storage root?
+
+    `path_facts`: the directories above the root (or above its nearest
+    existing ancestor), which the owner must be able to traverse."""
     address = "check:storage_owner"
     observed = {"owner": owner.spec, "problem": bool(owner.problem), "root": root,
                 "kind": root_fact.kind, "uid": root_fact.uid, "gid": root_fact.gid, "mode": root_fact.mode}
     after = {"owner": owner.spec, "source": owner.source, "root": root}
     if owner.problem:
         return Change(address, "blocked", "owner_unusable", owner.problem, observed=observed, after=after)
+    closed = next((f for f in path_facts if not f.searchable_by(owner.uid, owner.gid)), None)
+    if closed is not None:
+        observed["closed"] = [closed.path, closed.uid, closed.gid, closed.mode]
+        return Change(address, "blocked", "permissions_unexpected",
+                      f"{owner.spec} cannot reach {root}: {closed.path} is {closed.uid}:{closed.gid} mode "
+                      f"{closed.mode:04o} → choose a storage.root that {owner.spec} can reach "
+                      f"(or let it traverse {closed.path})", observed=observed, after=after)
     if root_fact.kind == "missing":
         if ancestor.writable_by(owner.uid, owner.gid):
             return Change(address, "noop", "ok", f"owner {owner.spec} ({owner.source}); root {root} will be created",

@@ -141,6 +141,9 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         report.results.append(result)
 
     todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
+    if not todo:  # a converged host: take no lock, write nothing
+        report.finished_at = utc_now_iso()
+        return report
     bootstrap = set(_bootstrap_addresses())
     lock = RunLock(ctx, desired.data["timeouts"]["lock_s"], desired.data["heartbeat_s"], command, say)
     try:
@@ -161,11 +164,12 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
 
 
 def _select(plan: Plan, only: list | None) -> set:
-    """Addresses to apply: all, or `--only` ones plus what they depend on."""
+    """Addresses to apply: all, or `--only` ones plus what they depend on
+    (and the run lock's own directories, which every apply needs)."""
     if not only:
         return {c.address for c in plan.changes}
     by_address = {c.address: c for c in plan.changes}
-    chosen, stack = set(), list(only)
+    chosen, stack = set(), list(only) + _bootstrap_addresses()
     while stack:
         address = stack.pop()
         if address in chosen or address not in by_address:

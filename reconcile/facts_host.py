@@ -50,6 +50,16 @@ class DirFact(NamedTuple):
             bits = stat_mod.S_IWOTH | stat_mod.S_IXOTH
         return self.mode & bits == bits
 
+    def searchable_by(self, uid: int, gid: int) -> bool:
+        """Whether uid:gid may traverse this directory (x bit)."""
+        if self.kind != "dir" or uid == 0:
+            return self.kind == "dir"
+        if uid == self.uid:
+            return bool(self.mode & stat_mod.S_IXUSR)
+        if gid == self.gid:
+            return bool(self.mode & stat_mod.S_IXGRP)
+        return bool(self.mode & stat_mod.S_IXOTH)
+
 
 class FileFact(NamedTuple):
     path: str
@@ -166,8 +176,9 @@ class HostFacts:
         return self._cached(("home", uid), compute)
 
     # filesystem -----------------------------------------------------------
-    def directory(self, path: str) -> DirFact:
-        return self._cached(("dir", path), lambda: _dir_fact(path))
+    def directory(self, path: str, follow: bool = False) -> DirFact:
+        """lstat of `path`; with follow=True, stat (symlinks resolved)."""
+        return self._cached(("dir", path, follow), lambda: _dir_fact(path, follow))
 
     def file(self, path: str) -> FileFact:
         return self._cached(("file", path), lambda: _file_fact(path))
@@ -223,9 +234,9 @@ class HostFacts:
         return self._cached(("disk", path), compute)
 
 
-def _dir_fact(path: str) -> DirFact:
+def _dir_fact(path: str, follow: bool = False) -> DirFact:
     try:
-        st = os.lstat(path)
+        st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:
         return DirFact(path=path, kind="missing")
     except NotADirectoryError:

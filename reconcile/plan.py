@@ -43,6 +43,17 @@ def resolve_context(desired: Desired, facts: HostFacts) -> Context:
     return Context(owner=owner, root=root, hostname=ident.hostname)
 
 
+def ancestors(path: str) -> list[str]:
+    """Every directory above `path`, from / down."""
+    out = []
+    while True:
+        parent = posixpath.dirname(path)
+        if parent == path:
+            return out[::-1]
+        out.append(parent)
+        path = parent
+
+
 def nearest_existing(facts: HostFacts, path: str):
     probe = path
     while True:
@@ -86,7 +97,8 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
         if root_fact.kind == "symlink":  # a symlinked root is the user's choice; judge its target
             root_fact = facts.directory(os.path.realpath(ctx.root))
         ancestor = nearest_existing(facts, ctx.root) if root_fact.kind == "missing" else root_fact
-        return diff_storage_owner(ctx.owner, ctx.root, root_fact, ancestor, storage["ownership"])
+        path_facts = [facts.directory(p, follow=True) for p in ancestors(ancestor.path)]
+        return diff_storage_owner(ctx.owner, ctx.root, root_fact, ancestor, storage["ownership"], path_facts)
     if address == "check:free_disk":
         return diff_free_disk(facts.free_disk(ctx.root), storage["min_free_gib"])
     if kind == "directory":

@@ -46,10 +46,12 @@ class FakeFacts:
     def home_of(self, uid: int) -> str:
         return self.homes.get(uid, "")
 
-    def directory(self, path: str) -> DirFact:
+    def directory(self, path: str, follow: bool = False) -> DirFact:
         self.asked.append(("directory", path))
         rel = self._rel(path)
         fact = self.dirs.get(rel) if rel is not None else self.dirs.get(path)
+        if fact is None and follow and (rel is None or rel == "") and self.root.startswith(path):
+            return DirFact(path=path, kind="dir", uid=0, gid=0, mode=0o755)  # ancestors: a normal /srv
         if fact is None:
             return DirFact(path=path, kind="missing")
         return fact._replace(path=path)

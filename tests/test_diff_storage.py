@@ -79,6 +79,15 @@ def test_storage_owner(case):
         ("check:storage_owner", action, reason, message)
 
 
+def test_storage_owner_needs_a_traversable_path():
+    closed = DirFact(path="/root", kind="dir", uid=0, gid=0, mode=0o700)
+    change = diff_storage_owner(OWNER, "/root/sgl", d(path="/root/sgl"), None, "fail",
+                                [DirFact(path="/", kind="dir", uid=0, gid=0, mode=0o755), closed])
+    assert (change.action, change.reason, change.message) == ("blocked", "permissions_unexpected",
+        "1000:1000 cannot reach /root/sgl: /root is 0:0 mode 0700 → choose a storage.root that 1000:1000 "
+        "can reach (or let it traverse /root)")
+
+
 def test_storage_owner_ignore_warns():
     change = diff_storage_owner(OWNER, "/srv/sgl", d(uid=0, gid=0, mode=0o777, path="/srv/sgl"), None, "ignore")
     assert change.warnings == ("storage root /srv/sgl is owned by 0:0, not 1000:1000 (ownership: ignore)",)
