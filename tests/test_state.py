@@ -241,3 +241,9 @@ def test_cli_unknown_inventory_group_key_warns(tmp_path):
     assert proc.returncode == 0
     assert ('Skipping unexpected key (host_vars) in group (all), only "vars", "children" and "hosts" are valid'
             in proc.stderr)
+
+
+@pytest.mark.parametrize("state", sorted(p.name for p in (REPO / "states").glob("*.yaml")))
+def test_every_shipped_state_validates(state):
+    doc = load_text((REPO / "states" / state).read_bytes(), f"states/{state}")
+    validate(doc)
