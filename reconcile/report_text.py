@@ -32,7 +32,7 @@ class Writer:
         if color:
             from rich.console import Console
 
-            self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
+            self._console = Console(file=self.stream, highlight=False, soft_wrap=True, force_terminal=True)
 
     def line(self, *segments) -> None:
         if self._console is None:

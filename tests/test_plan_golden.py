@@ -110,3 +110,14 @@ def test_own_run_lock_is_not_a_change(desired):
     facts = FakeFacts(dirs=converged_dirs(), locks={"apply": mine})
     assert build_plan(desired, facts, own_pid=os.getpid()).find("lock:apply") is None
     assert build_plan(desired, facts).find("lock:apply").action == "blocked"
+
+
+def test_color_output_has_the_same_text_as_plain(desired):
+    import re
+
+    plan = build_plan(desired, scenarios(desired)["drifted"])
+    plain, colored = io.StringIO(), io.StringIO()
+    render_plan(plan, Writer(plain, color=False))
+    render_plan(plan, Writer(colored, color=True))
+    assert "\x1b[" in colored.getvalue()
+    assert re.sub(r"\x1b\[[0-9;]*m", "", colored.getvalue()) == plain.getvalue()
