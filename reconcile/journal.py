@@ -34,24 +34,38 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes | str, mode: int = 0o644) -> None:
-    """Replace `path` with `data` atomically (same-directory temp + rename)."""
+def _write_synced_temp(path: str, data: bytes | str, mode: int, suffix: str) -> tuple[str, str]:
+    """Write `data` to a hidden temp file beside `path`, fsynced; (temp, dir)."""
     if isinstance(data, str):
         data = data.encode()
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{suffix}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return tmp, directory
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write(path: str, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace `path` with `data` atomically (same-directory temp + rename)."""
+    tmp, directory = _write_synced_temp(path, data, mode, "tmp")
+    try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
     _fsync_dir(directory)
 
@@ -66,27 +80,15 @@ def create_exclusive(path: str, data: bytes | str, mode: int = 0o644) -> bool:
     The content is complete before the name appears (temp file + link), so a
     reader never sees a half-written lock.
     """
-    if isinstance(data, str):
-        data = data.encode()
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp, directory = _write_synced_temp(path, data, mode, "new")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        _fsync_dir(directory)
-        return True
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
     finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
+    _fsync_dir(directory)
+    return True
 
 
 class SessionLog:
