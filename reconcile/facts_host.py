@@ -223,6 +223,39 @@ class HostFacts:
     def port(self, port: int) -> PortFact:
         return self._cached(("port", port), lambda: _port_fact(port))
 
+    # runtime and stage facts (see facts_runtime, facts_stages) ---------------
+    def runtime(self, python: str, extra_env: dict):
+        from .facts_runtime import local_prober, probe_runtime
+
+        key = ("runtime", python, tuple(sorted(extra_env.items())))
+        return self._cached(key, lambda: probe_runtime(python, local_prober({**self._env, **extra_env})))
+
+    def server_flags(self, python: str, extra_env: dict, argvs: dict) -> dict:
+        import json
+
+        from .facts_runtime import local_prober
+        from .facts_stages import validate_server_flags
+
+        key = ("flags", python, json.dumps(argvs, sort_keys=True))
+        return self._cached(key, lambda: validate_server_flags(python, local_prober({**self._env, **extra_env}),
+                                                               argvs))
+
+    def signature(self, path: str):
+        from .facts_stages import signature_fact
+
+        return self._cached(("signature", path), lambda: signature_fact(path))
+
+    def model(self, config_path: str):
+        from .facts_stages import model_fact
+
+        return self._cached(("model", config_path), lambda: model_fact(config_path))
+
+    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja: str | None) -> tuple:
+        from .facts_stages import flashinfer_modules
+
+        return self._cached(("flashinfer", cached_ops, runtime_cached_ops, ninja),
+                            lambda: flashinfer_modules(cached_ops, runtime_cached_ops, ninja))
+
     def free_disk(self, path: str) -> DiskFact:
         def compute():
             probe = Path(path)

@@ -15,32 +15,45 @@ from typing import NamedTuple
 from . import __version__
 from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker,
                            diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
+from .diff_stages import (CACHE_DIRS, SERVER_STAGES, STAGES, SignatureFact, diff_gpu_count, diff_model,
+                          diff_runtime, diff_server_flags, diff_stage, stage_signature)
 from .facts_host import HostFacts
+from .facts_runtime import RuntimeFacts
+from .facts_stages import flashinfer_cache_problem
 from .plan_model import Change, Plan, fingerprint
 from .state_layout import (DIRECTORIES, LOCKS_DIR, MARKERS_DIR, POINTER, TEMPLATED_FILES, lock_path,
                            marker_path)
 from .state_load import Desired
+from .state_flags import flashinfer_cached_ops, server_argv
 from .state_templates import desired_files
 
 CONTAINER_TELEMETRY = "/telemetry"
 
 
 class Context(NamedTuple):
-    """What every diff of one run shares: the resolved owner and root."""
+    """What every diff of one run shares: the resolved owner and root, and how
+    the runtime sees the storage (the same paths locally; the mounts in a
+    container)."""
 
     owner: Owner
     root: str
     hostname: str
+    runtime_kind: str = "local"
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
+
+    def runtime_path(self, rel: str) -> str:
+        if self.runtime_kind == "local":
+            return self.path(rel)
+        return "/" + rel  # the container mounts telemetry/, profiles/, models/ at /
 
 
 def resolve_context(desired: Desired, facts: HostFacts) -> Context:
     ident = facts.identity()
     owner = resolve_owner(desired.data["storage"]["owner"], ident)
     root = storage_root(desired.data["storage"]["root"], owner, ident, facts.home_of)
-    return Context(owner=owner, root=root, hostname=ident.hostname)
+    return Context(owner=owner, root=root, hostname=ident.hostname, runtime_kind=desired.data["runtime"]["kind"])
 
 
 def ancestors(path: str) -> list[str]:
@@ -122,15 +135,108 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
     raise ValueError(f"unknown resource address {address!r}")
 
 
+def signature_path(stage: str, slug: str) -> str:
+    return f"{CACHE_DIRS[stage]}/{slug}/signature.json"
+
+
+def runtime_facts(desired: Desired, facts: HostFacts) -> RuntimeFacts:
+    rt = desired.data["runtime"]
+    if rt["kind"] == "docker":
+        return RuntimeFacts(status="unavailable", problem=(
+            "runtime.kind docker: this version primes caches with the local runtime only "
+            "(set runtime.kind: local and runtime.python)"))
+    return facts.runtime(rt["python"], rt["env"])
+
+
+def model_config_path(desired: Desired, ctx: Context) -> str | None:
+    """config.json of the model, as a host path (None: not visible from the host)."""
+    path = desired.data["model"]["path"]
+    if ctx.runtime_kind == "local":
+        return posixpath.join(path, "config.json")
+    if path.startswith("/models/"):
+        return ctx.path(posixpath.join("models", path[len("/models/"):], "config.json"))
+    return None
+
+
+def flashinfer_problem(desired: Desired, facts: HostFacts, ctx: Context, runtime: RuntimeFacts) -> str:
+    if runtime.status != "ok" or not runtime.gpus:
+        return ""
+    version, cap = runtime.version("flashinfer"), runtime.gpus[0].compute_cap
+    if not version:
+        return ""
+    host_ops = flashinfer_cached_ops(ctx.path("profiles"), version, cap)
+    runtime_ops = flashinfer_cached_ops(ctx.runtime_path("profiles"), version, cap)
+    ninja = runtime.ninja if ctx.runtime_kind == "local" else None
+    return flashinfer_cache_problem(facts.flashinfer_modules(host_ops, runtime_ops, ninja))
+
+
+def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[list, list]:
+    """(check changes, stage changes) for the cache stages; no runtime probe
+    when every stage is skipped."""
+    data = desired.data
+    modes = {stage: desired.stage_mode(stage) for stage in STAGES}
+    active = [stage for stage, mode in modes.items() if mode != "skip"]
+    port = data["server"]["port"]
+    runtime = runtime_facts(desired, facts) if active else RuntimeFacts(status="unavailable")
+    checks, stages = [], []
+    if active:
+        checks.append(diff_runtime(runtime, data["runtime"]["python"], data["runtime"]["kind"]))
+        if runtime.status == "ok":
+            checks.append(diff_gpu_count(data["tp"], runtime))
+        config = model_config_path(desired, ctx)
+        if config is not None:
+            checks.append(diff_model(data["model"]["path"], data["server"]["settings"].get("context_length"),
+                                     facts.model(config)))
+    slug = desired.model_slug
+    for stage in STAGES:
+        marker = facts.lock_file(stage, ctx.path(marker_path(stage)))
+        want = stage_signature(stage, data, slug, runtime) if runtime.status == "ok" else {}
+        cache_problem = flashinfer_problem(desired, facts, ctx, runtime) if stage == "flashinfer" and \
+            modes[stage] != "skip" else ""
+        option_problem = ""
+        if stage == "moe_tune" and not data["caches"]["moe_tune"]["script"]:
+            option_problem = ("caches.moe_tune.script is not set → point it at the fused-MoE tuner "
+                              "(benchmark/kernels/fused_moe_triton/tuning_fused_moe_triton.py of your SGLang tag)")
+        if stage == "inductor" and data["server"]["settings"].get("cuda_graph") is False:
+            option_problem = ("server.settings.cuda_graph is false: torch.compile runs only during decode "
+                              "CUDA-graph capture, so the inductor stage would compile nothing → enable cuda_graph")
+        sig_path = ctx.path(signature_path(stage, slug))
+        sig = facts.signature(sig_path) if modes[stage] != "skip" else SignatureFact(sig_path, "missing")
+        stages.append(diff_stage(stage, modes[stage], want, runtime, sig,
+                                 marker if marker.kind != "missing" else None, ctx.hostname, port,
+                                 cache_problem, option_problem))
+    running = [c.name for c in stages if c.action == "run" and c.name in SERVER_STAGES]
+    if running:
+        argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
+                 for stage in running}
+        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs)
+        checks.append(diff_server_flags(results, runtime.version("sglang")))
+    return checks, stages
+
+
+def stage_timeout(data: dict, stage: str) -> float:
+    return data["caches"][stage].get("timeout_s") or data["timeouts"]["stage_s"]
+
+
 def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -> Plan:
     """The plan for `desired` on this host. `own_pid`: a lock held by this pid
     (apply's own run lock) is not a resource to act on."""
     ctx = resolve_context(desired, facts)
+    stage_checks, stages = stage_changes(desired, facts, ctx)
+    port_needed = any(c.action == "run" and c.name in SERVER_STAGES for c in stages)
     changes = []
     for address in resource_addresses(desired, facts, ctx):
-        change = diff_resource(address, desired, facts, ctx, own_pid)
+        if address.startswith("port:"):
+            change = diff_port(facts.port(int(address[5:])), needed=port_needed)
+        else:
+            change = diff_resource(address, desired, facts, ctx, own_pid)
         if change is not None:
             changes.append(change)
+    checks_end = sum(1 for c in changes if c.type == "check")
+    changes[checks_end:checks_end] = stage_checks
+    changes += stages
+    known = {c.address for c in changes}
+    changes = [replace(c, depends_on=tuple(d for d in c.depends_on if d in known)) for c in changes]
     parts = [__version__, desired.sources_sha, desired.host,
              [[c.address, c.action, c.observed] for c in changes]]
     warnings = list(desired.warnings)

@@ -146,8 +146,17 @@ SCHEMA = S(kind="map", fields={
     }),
     "caches": S(kind="map", fields={
         "deep_gemm": _stage_options(),
-        "moe_tune": _stage_options(),
-        "flashinfer": _stage_options(),
+        "moe_tune": _stage_options(
+            script=S(kind="str", default=None, doc="the fused-MoE Triton tuner, as the runtime sees it"),
+            batch_sizes=S(kind="list", item=S(kind="int", minimum=1), default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+                          check=lambda v: None if v else "must list at least one batch size"),
+            dtype=S(kind="str", default="fp8_w8a8", doc="tuner --dtype"),
+            tuner_args=S(kind="list", item=S(kind="str"), default=[], doc="more tuner argv items"),
+        ),
+        "flashinfer": _stage_options(
+            attention_backend=S(kind="str", default=None,
+                                doc="pass --attention-backend (e.g. flashinfer) to the warm-up server"),
+        ),
         "inductor": _stage_options(),
     }),
     "telemetry": S(kind="map", fields={
@@ -231,7 +240,11 @@ def _check(spec: Spec, value: Any, path: KeyPath, doc: Located) -> Any:
         if spec.kind == "list":
             if not isinstance(value, list):
                 raise Invalid(f"must be a list, got {_show(value, raw)}")
-            return [_check(spec.item, v, path + (i,), doc) for i, v in enumerate(value)]
+            out = [_check(spec.item, v, path + (i,), doc) for i, v in enumerate(value)]
+            problem = spec.check(out) if spec.check is not None else None
+            if problem:
+                raise Invalid(problem)
+            return out
         if spec.kind == "setting":
             return _check_setting(value, raw, path)
         out = _scalar(spec, value, raw)

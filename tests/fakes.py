@@ -18,7 +18,8 @@ class FakeFacts:
     def __init__(self, *, identity: Identity = DEFAULT_IDENTITY, dirs: dict | None = None,
                  files: dict | None = None, locks: dict | None = None, markers: dict | None = None,
                  pointer: PointerFact | None = None, ports: dict | None = None, free_bytes: int = 100 << 30,
-                 homes: dict | None = None, root: str = ROOT):
+                 homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
+                 signatures: dict | None = None, model=None, flashinfer: tuple = ()):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -29,6 +30,11 @@ class FakeFacts:
         self.ports = ports or {}  # port -> PortFact
         self.free_bytes = free_bytes
         self.homes = homes or {}
+        self._runtime = runtime
+        self.flags = flags or {}  # stage -> parser error ("" = accepted)
+        self.signatures = signatures or {}  # rel -> SignatureFact
+        self._model = model
+        self._flashinfer = flashinfer
         self.asked: list = []
 
     def fresh(self):
@@ -86,6 +92,27 @@ class FakeFacts:
 
     def port(self, port: int) -> PortFact:
         return self.ports.get(port, PortFact(port=port, state="free"))
+
+    def runtime(self, python: str, extra_env: dict):
+        self.asked.append(("runtime", python))
+        return self._runtime
+
+    def server_flags(self, python: str, extra_env: dict, argvs: dict) -> dict:
+        self.asked.append(("server_flags", tuple(sorted(argvs))))
+        return {stage: self.flags.get(stage, "") for stage in argvs}
+
+    def signature(self, path: str):
+        from reconcile.diff_stages import SignatureFact
+
+        return self.signatures.get(self._rel(path), SignatureFact(path=path, kind="missing"))._replace(path=path)
+
+    def model(self, config_path: str):
+        from reconcile.diff_stages import ModelFact
+
+        return self._model or ModelFact(path=config_path, kind="ok", max_context=262144)
+
+    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja) -> tuple:
+        return self._flashinfer
 
     def free_disk(self, path: str) -> DiskFact:
         return DiskFact(path=self.root, free_bytes=self.free_bytes, total_bytes=500 << 30)

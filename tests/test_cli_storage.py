@@ -47,7 +47,8 @@ def host():
     owner_line = f'  owner: "{OWNER[0]}:{OWNER[1]}"\n' if IS_ROOT else ""
     (tmp_path / "s.yaml").write_text(
         f"version: 1\nstorage:\n  root: {base}/root\n{owner_line}server:\n  port: {free_port()}\n"
-        "timeouts:\n  lock_s: 1\nheartbeat_s: 0.2\n")
+        "timeouts:\n  lock_s: 1\nheartbeat_s: 0.2\n"
+        "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n")
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
 
@@ -317,7 +318,7 @@ def test_json_plan_is_the_only_stdout(host):
     proc = sglprep("plan", "--json", "-f", "s.yaml", cwd=host)
     doc = json.loads(proc.stdout)
     assert set(doc) >= {"format_version", "host", "state_file", "fingerprint", "summary", "changes"}
-    assert doc["summary"] == {"create": 16, "update": 0, "replace": 0, "delete": 0, "run": 0, "noop": 4,
+    assert doc["summary"] == {"create": 16, "update": 0, "replace": 0, "delete": 0, "run": 0, "noop": 8,
                               "blocked": 0}
     change = next(c for c in doc["changes"] if c["address"] == "directory:profiles/flashinfer")
     assert change["action"] == "create" and change["reason"] == "missing"

@@ -19,7 +19,8 @@ from reconcile.state_load import load_desired
 from reconcile.state_templates import desired_files
 
 GOLDEN = Path(__file__).parent / "golden"
-STATE = f"version: 1\nstorage:\n  root: {ROOT}\nserver:\n  port: 30000\n"
+STATE = (f"version: 1\nstorage:\n  root: {ROOT}\nserver:\n  port: 30000\n"
+         "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n")
 
 
 @pytest.fixture

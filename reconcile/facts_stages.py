@@ -1,0 +1,177 @@
+"""Facts the cache stages need: stored signatures, the model's config, the
+FlashInfer JIT cache as ninja sees it, and the installed SGLang's verdict on
+the server flags. All read-only; the only processes started are `ninja -n`
+(a dry run) and the runtime's own argument parser.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import NamedTuple
+
+from .diff_stages import ModelFact, SignatureFact
+from .facts_runtime import Prober
+
+
+def signature_fact(path: str) -> SignatureFact:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, NotADirectoryError):
+        return SignatureFact(path=path, kind="missing")
+    except (OSError, ValueError) as exc:
+        return SignatureFact(path=path, kind="unparseable", error=str(exc))
+    if not isinstance(data, dict) or not isinstance(data.get("signature"), dict):
+        return SignatureFact(path=path, kind="unparseable", error="no 'signature' object")
+    return SignatureFact(path=path, kind="ok", signature=data["signature"], written_at=str(data.get("written_at", "")))
+
+
+def model_fact(config_path: str) -> ModelFact:
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (FileNotFoundError, NotADirectoryError):
+        return ModelFact(path=config_path, kind="missing")
+    except (OSError, ValueError) as exc:
+        return ModelFact(path=config_path, kind="unparseable", error=str(exc))
+    if not isinstance(data, dict):
+        return ModelFact(path=config_path, kind="unparseable", error="not a JSON object")
+    text_config = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
+    max_ctx = data.get("max_position_embeddings") or text_config.get("max_position_embeddings") or 0
+    return ModelFact(path=config_path, kind="ok", max_context=int(max_ctx) if isinstance(max_ctx, int) else 0)
+
+
+# ------------------------------------------------------------------ FlashInfer
+
+class FlashInferModule(NamedTuple):
+    name: str
+    has_so: bool
+    names_own_dir: bool  # build.ninja refers to the directory it sits in
+    named_dir: str  # the module directory build.ninja refers to ("" if none found)
+    ninja: str  # clean | dirty | unknown (no ninja / no build.ninja)
+    work: int  # lines `ninja -n` would run
+
+
+def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | None) -> tuple:
+    """Every module dir under `cached_ops` (host path); `runtime_cached_ops` is
+    the same directory as the runtime sees it, which build.ninja must name."""
+    try:
+        names = sorted(n for n in os.listdir(cached_ops) if n != "tmp" and not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    out = []
+    for name in names:
+        module_dir = os.path.join(cached_ops, name)
+        if not os.path.isdir(module_dir):
+            continue
+        has_so = os.path.exists(os.path.join(module_dir, f"{name}.so"))
+        try:
+            with open(os.path.join(module_dir, "build.ninja"), encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            out.append(FlashInferModule(name, has_so, False, "", "unknown", 0))
+            continue
+        own = runtime_cached_ops.rstrip("/") + "/" + name
+        named = _named_module_dir(text, name)
+        names_own = _ninja_escape(own) + "/" in text or own + "/" in text
+        state, work = "unknown", 0
+        if ninja and names_own:
+            state, work = _ninja_dry_run(ninja, module_dir)
+        out.append(FlashInferModule(name, has_so, names_own, named, state, work))
+    return tuple(out)
+
+
+def _ninja_escape(path: str) -> str:
+    return path.replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _named_module_dir(text: str, name: str) -> str:
+    """The `…/cached_ops/<name>` directory the build file's outputs live in."""
+    marker = f"/cached_ops/{name}/"
+    for line in text.splitlines():
+        if line.startswith("build ") and marker in line:
+            head = line[len("build "):].split(marker, 1)[0]
+            return head.replace("$ ", " ").replace("$:", ":").replace("$$", "$") + marker.rstrip("/")
+    return ""
+
+
+def _ninja_dry_run(ninja: str, module_dir: str) -> tuple[str, int]:
+    try:
+        proc = subprocess.run([ninja, "-n", "-C", module_dir], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown", 0
+    if proc.returncode != 0:
+        return "dirty", 1
+    if "no work to do" in proc.stdout:
+        return "clean", 0
+    work = sum(1 for line in proc.stdout.splitlines() if line.startswith("["))
+    return ("dirty", work) if work else ("clean", 0)
+
+
+def flashinfer_cache_problem(modules: tuple) -> str:
+    """Why FlashInfer would rebuild this cache although it exists ("" = warm)."""
+    missing = [m.name for m in modules if not m.has_so]
+    moved = [m for m in modules if m.named_dir and not m.names_own_dir]
+    dirty = [m for m in modules if m.ninja == "dirty"]
+    if moved:
+        old = moved[0].named_dir.rsplit("/", 1)[0]
+        return f"cache moved from {old}: FlashInfer would rebuild {len(moved)} module(s) ({moved[0].name})"
+    if dirty:
+        return (f"sources newer than the build: ninja has work in {len(dirty)} module(s) "
+                f"(e.g. {dirty[0].name}); FlashInfer would silently rebuild them")
+    if missing:
+        return f"incomplete build: {len(missing)} module(s) without their .so (e.g. {missing[0]})"
+    return ""
+
+
+# --------------------------------------------------------------- server flags
+
+VALIDATE_FLAGS_SCRIPT = r'''
+import contextlib, io, json, sys
+from sglang.srt.server_args import prepare_server_args
+results = {}
+for stage, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            prepare_server_args(argv)
+        results[stage] = ""
+    except SystemExit as exc:
+        lines = [l for l in err.getvalue().splitlines() if l.strip()]
+        results[stage] = lines[-1] if lines else "exit %s" % exc.code
+    except Exception as exc:
+        results[stage] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps(results))
+'''
+
+
+def validate_server_flags(python: str, prober: Prober, argvs: dict) -> dict:
+    """stage -> "" when the installed SGLang's parser accepts its argv, else
+    the parser's error line (e.g. `sglang serve: error: unrecognized arguments: false`)."""
+    if not argvs:
+        return {}
+    # the deep_gemm argv carries compile_deep_gemm's own --timeout, which the
+    # server parser does not know: validate the server flags it shares
+    argvs = {stage: _without_timeout(argv) for stage, argv in argvs.items()}
+    rc, out, err = prober([python, "-B", "-c", VALIDATE_FLAGS_SCRIPT, json.dumps(argvs)])
+    if rc == 0:
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            pass
+    last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
+    return {stage: f"could not run SGLang's argument parser: {last[0]}" for stage in argvs}
+
+
+def _without_timeout(argv: list) -> list:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--timeout":
+            skip = True
+            continue
+        out.append(item)
+    return out
