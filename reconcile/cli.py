@@ -181,11 +181,20 @@ def cmd_apply(args, argv=None) -> int:
             raise InputError(None, None, "--only", f"no such resource in the plan: {', '.join(unknown)}")
     ctx = resolve_context(desired, facts)
     command = "sglprep " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = apply_plan(plan, desired, ctx, only=args.only, command=command)
+    from .report_text import StageProgress, use_color
+
+    progress = StageProgress(sys.stderr, live=use_color(sys.stderr, args.no_color))
+    try:
+        report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress)
+    finally:
+        progress.close()
+    result_lines = [f"RESULT_JSON {report.result_json}", report.result_status] if report.result_json else []
     if args.json:
         doc = report.to_json()
         doc["plan"] = plan.to_json()
         _emit_json(doc)
+        for line in result_lines:  # stdout holds the JSON document only
+            print(line, file=sys.stderr)
     else:
         from .report_text import render_apply, render_plan
 
@@ -197,6 +206,8 @@ def cmd_apply(args, argv=None) -> int:
 
             w.line((summary_line(plan), "bold"))
         render_apply(report, w)
+        for line in result_lines:
+            print(line)
     return report.exit_code
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .diff_storage import lock_liveness
 from .errors import EXIT_ERROR, EXIT_OK, LockTimeoutError
 from .exec_privs import as_owner
+from .exec_stages import StagesExecutor
 from .exec_storage import CHANGED, FAILED, SKIPPED, UNCHANGED, Result, StorageExecutor
 from .facts_host import HostFacts
 from .journal import SessionLog, create_exclusive, new_run_id, utc_now_iso
@@ -38,6 +39,8 @@ class ApplyReport:
     results: list = field(default_factory=list)
     log_file: str = ""
     exit_code: int = EXIT_OK
+    result_json: str = ""  # prep_result.json, when stages were applied
+    result_status: str = ""  # the RESULT_STATUS line
 
     def counts(self) -> dict:
         out = {CHANGED: 0, UNCHANGED: 0, FAILED: 0, SKIPPED: 0}
@@ -49,6 +52,7 @@ class ApplyReport:
         return {"format_version": "1", "host": self.host, "run_id": self.run_id, "fingerprint": self.fingerprint,
                 "started_at": self.started_at, "finished_at": self.finished_at, "summary": self.counts(),
                 "results": [r.to_json() for r in self.results], "log_file": self.log_file,
+                "result_json": self.result_json or None, "result_status": self.result_status or None,
                 "exit_code": self.exit_code}
 
 
@@ -123,27 +127,40 @@ def _bootstrap_addresses() -> list[str]:
 
 
 def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None = None,
-               command: str = "sglprep apply", say=None, environ: dict | None = None) -> ApplyReport:
+               command: str = "sglprep apply", say=None, progress=None,
+               environ: dict | None = None) -> ApplyReport:
+    """Carry out `plan`. `say(line)`: lock and warning lines; `progress(stage,
+    phase, elapsed_s)`: stage progress for a live display."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     report = ApplyReport(run_id=new_run_id(), host=plan.host, fingerprint=plan.fingerprint,
                          started_at=utc_now_iso())
-    executor = StorageExecutor(desired, ctx, environ)
     selected = _select(plan, only)
+    todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
+    if not todo:  # a converged host: take no lock, write nothing
+        report.finished_at = utc_now_iso()
+        return report
+
+    log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"))
+    storage = StorageExecutor(desired, ctx, environ)
+    stages = StagesExecutor(plan, desired, ctx, log, report.run_id, progress, environ) \
+        if any(c.type == "stage" for c in todo) else None
     status: dict = {}
 
     def run(change) -> None:
         failed_dep = next((d for d in change.depends_on if status.get(d) in (FAILED, SKIPPED)), None)
         if failed_dep:
             result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
+            if change.type == "stage" and stages is not None:
+                stages.skip(change, result.message)
         else:
-            result = executor.execute(change)
+            if change.type == "stage" and not _open_log(log, ctx, report):
+                result = Result(change.address, change.action, FAILED, "cannot open the session log",
+                                "permissions_unexpected")
+            else:
+                result = (stages if change.type == "stage" else storage).execute(change)
         status[change.address] = result.status
         report.results.append(result)
 
-    todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
-    if not todo:  # a converged host: take no lock, write nothing
-        report.finished_at = utc_now_iso()
-        return report
     bootstrap = set(_bootstrap_addresses())
     lock = RunLock(ctx, desired.data["timeouts"]["lock_s"], desired.data["heartbeat_s"], command, say)
     try:
@@ -151,16 +168,37 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
             run(change)
         if os.path.isdir(ctx.path(LOCKS_DIR)):
             lock.acquire()
-        else:
+        elif not any(r.status in (FAILED, SKIPPED) for r in report.results):
             say(f"warning: {ctx.path(LOCKS_DIR)} could not be created; applying without the run lock")
         for change in [c for c in todo if c.address not in bootstrap]:
             run(change)
     finally:
         report.finished_at = utc_now_iso()
-        report.exit_code = EXIT_ERROR if any(r.status in (FAILED, SKIPPED) for r in report.results) else EXIT_OK
-        _journal(report, ctx)
+        failed = any(r.status in (FAILED, SKIPPED) for r in report.results)
+        report.exit_code = EXIT_ERROR if failed else EXIT_OK
+        if stages is not None and _open_log(log, ctx, report):
+            report.result_json, report.result_status, stage_code = stages.finish()
+            if stage_code:
+                report.exit_code = stage_code
+        _journal(report, ctx, log)
+        log.close()
         lock.release()
     return report
+
+
+def _open_log(log: SessionLog, ctx: Context, report: ApplyReport) -> bool:
+    """Open the session log as the owner, once its directory exists."""
+    if log._fh is not None:
+        return True
+    if not os.path.isdir(os.path.dirname(log.path)):
+        return False
+    try:
+        with as_owner(ctx.owner.uid, ctx.owner.gid):
+            log.open()
+    except OSError:
+        return False
+    report.log_file = log.path
+    return True
 
 
 def _select(plan: Plan, only: list | None) -> set:
@@ -179,18 +217,13 @@ def _select(plan: Plan, only: list | None) -> set:
     return chosen
 
 
-def _journal(report: ApplyReport, ctx: Context) -> None:
-    """Append the results to the session log, when the logs directory exists."""
-    logs = ctx.path(LOGS_DIR)
-    if not report.results or not os.path.isdir(logs):
+def _journal(report: ApplyReport, ctx: Context, log: SessionLog) -> None:
+    """Append the results to the session log, when its directory exists."""
+    if not report.results or not _open_log(log, ctx, report):
         return
-    path = os.path.join(logs, f"{report.run_id}.log")
-    try:
-        with as_owner(ctx.owner.uid, ctx.owner.gid):
-            log = SessionLog(path)
-            for r in report.results:
-                log.event("RESULT", address=r.address, action=r.action, result=r.status, message=r.message)
-            log.event("APPLY_END", run_id=report.run_id, summary=report.counts(), exit_code=report.exit_code)
-        report.log_file = path
-    except OSError:
-        pass
+    for r in report.results:
+        log.event("RESULT", address=r.address, action=r.action, result=r.status, message=r.message)
+    if report.result_json:
+        log.write(f"RESULT_JSON {report.result_json}")
+        log.write(report.result_status)
+    log.event("APPLY_END", run_id=report.run_id, summary=report.counts(), exit_code=report.exit_code)

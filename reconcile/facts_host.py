@@ -224,21 +224,23 @@ class HostFacts:
         return self._cached(("port", port), lambda: _port_fact(port))
 
     # runtime and stage facts (see facts_runtime, facts_stages) ---------------
-    def runtime(self, python: str, extra_env: dict):
+    def runtime(self, python: str, extra_env: dict, uid: int | None = None, gid: int | None = None):
         from .facts_runtime import local_prober, probe_runtime
 
-        key = ("runtime", python, tuple(sorted(extra_env.items())))
-        return self._cached(key, lambda: probe_runtime(python, local_prober({**self._env, **extra_env})))
+        key = ("runtime", python, tuple(sorted(extra_env.items())), uid, gid)
+        return self._cached(key, lambda: probe_runtime(
+            python, local_prober({**self._env, **extra_env}, uid, gid)))
 
-    def server_flags(self, python: str, extra_env: dict, argvs: dict) -> dict:
+    def server_flags(self, python: str, extra_env: dict, argvs: dict, uid: int | None = None,
+                     gid: int | None = None) -> dict:
         import json
 
         from .facts_runtime import local_prober
         from .facts_stages import validate_server_flags
 
-        key = ("flags", python, json.dumps(argvs, sort_keys=True))
-        return self._cached(key, lambda: validate_server_flags(python, local_prober({**self._env, **extra_env}),
-                                                               argvs))
+        key = ("flags", python, json.dumps(argvs, sort_keys=True), uid, gid)
+        return self._cached(key, lambda: validate_server_flags(
+            python, local_prober({**self._env, **extra_env}, uid, gid), argvs))
 
     def signature(self, path: str):
         from .facts_stages import signature_fact

@@ -148,12 +148,23 @@ class RuntimeFacts(NamedTuple):
 Prober = Callable[[list], tuple]
 
 
-def local_prober(env: dict | None = None) -> Prober:
+def local_prober(env: dict | None = None, uid: int | None = None, gid: int | None = None) -> Prober:
+    """Runs probes on this host; as `uid:gid` when root, so the probe sees
+    what the stages (which run as the storage owner) will see."""
+    import os
+
+    kwargs = {}
+    if uid is not None and os.geteuid() == 0 and uid != 0:
+        kwargs = {"user": uid, "group": gid, "extra_groups": []}
+
     def run(argv: list) -> tuple:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env,
+                                  cwd="/", **kwargs)
         except FileNotFoundError:
             return 127, "", f"{argv[0]}: not found"
+        except PermissionError:
+            return 126, "", f"{argv[0]}: permission denied"
         except subprocess.TimeoutExpired:
             return 124, "", f"probe timed out after {PROBE_TIMEOUT_S}s"
         return proc.returncode, proc.stdout, proc.stderr

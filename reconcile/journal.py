@@ -16,7 +16,7 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def new_run_id(prefix: str = "sglprep") -> str:
+def new_run_id(prefix: str = "run") -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return f"{prefix}-{stamp}-{os.urandom(4).hex()}"
 
@@ -92,14 +92,50 @@ def create_exclusive(path: str, data: bytes | str, mode: int = 0o644) -> bool:
 
 
 class SessionLog:
-    """Append-only per-run log (the seeds' single session log)."""
+    """Append-only per-run log (the seeds' single session log), safe to write
+    from the threads that pump subprocess output."""
 
     def __init__(self, path: str):
         self.path = path
+        self._fh = None
+        import threading
+
+        self._lock = threading.Lock()
+
+    def open(self) -> "SessionLog":
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
+        return self
 
     def write(self, line: str) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line.rstrip("\n") + "\n")
+        with self._lock:
+            if self._fh is None:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(line.rstrip("\n") + "\n")
+            else:
+                self._fh.write(line.rstrip("\n") + "\n")
 
     def event(self, kind: str, **fields) -> None:
         self.write(f"{utc_now_iso()} {kind} " + json.dumps(fields, sort_keys=True, default=str))
+
+    def optimize(self, name: str, phase: str, human: str = "", **fields) -> None:
+        """`[OPTIMIZE name] …` for people and `OPTIMIZE_JSON {…}` for tools."""
+        if human:
+            self.write(f"[OPTIMIZE {name}] {human}")
+        doc = {"name": name, "phase": phase, "ts": utc_now_iso()}
+        doc.update(fields)
+        self.write("OPTIMIZE_JSON " + json.dumps(doc, sort_keys=False, default=str))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def write_run_file(run_dir: str, rel: str, value) -> str:
+    """Atomically write JSON `value` at run_dir/rel (stage files, prep_result)."""
+    path = os.path.join(run_dir, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write_json(path, value)
+    return path

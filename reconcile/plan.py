@@ -139,13 +139,13 @@ def signature_path(stage: str, slug: str) -> str:
     return f"{CACHE_DIRS[stage]}/{slug}/signature.json"
 
 
-def runtime_facts(desired: Desired, facts: HostFacts) -> RuntimeFacts:
+def runtime_facts(desired: Desired, facts: HostFacts, ctx: Context) -> RuntimeFacts:
     rt = desired.data["runtime"]
     if rt["kind"] == "docker":
         return RuntimeFacts(status="unavailable", problem=(
             "runtime.kind docker: this version primes caches with the local runtime only "
             "(set runtime.kind: local and runtime.python)"))
-    return facts.runtime(rt["python"], rt["env"])
+    return facts.runtime(rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid)
 
 
 def model_config_path(desired: Desired, ctx: Context) -> str | None:
@@ -177,7 +177,7 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[lis
     modes = {stage: desired.stage_mode(stage) for stage in STAGES}
     active = [stage for stage, mode in modes.items() if mode != "skip"]
     port = data["server"]["port"]
-    runtime = runtime_facts(desired, facts) if active else RuntimeFacts(status="unavailable")
+    runtime = runtime_facts(desired, facts, ctx) if active else RuntimeFacts(status="unavailable")
     checks, stages = [], []
     if active:
         checks.append(diff_runtime(runtime, data["runtime"]["python"], data["runtime"]["kind"]))
@@ -209,7 +209,8 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[lis
     if running:
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
                  for stage in running}
-        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs)
+        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs,
+                                     ctx.owner.uid, ctx.owner.gid)
         checks.append(diff_server_flags(results, runtime.version("sglang")))
     return checks, stages
 

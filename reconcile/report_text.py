@@ -85,3 +85,35 @@ def render_apply(report, w: Writer) -> None:
             f"{counts['skipped']} skipped.", "bold" if report.exit_code == 0 else "bold red"))
     if report.log_file:
         w.line((f"Session log: {report.log_file}", "dim"))
+
+
+class StageProgress:
+    """Live stage progress: a rich status line on a terminal (stage, phase,
+    elapsed time), plain lines on stderr otherwise (one per phase change)."""
+
+    def __init__(self, stream=None, live: bool = False):
+        self.stream = stream or sys.stderr
+        self.live = live
+        self._status = None
+        self._last = None
+
+    def __call__(self, stage: str, phase: str, elapsed: float) -> None:
+        text = f"{stage} · {phase} · {elapsed:.0f}s"
+        if self.live:
+            if self._status is None:
+                from rich.console import Console
+
+                self._status = Console(file=self.stream, force_terminal=True).status(text)
+                self._status.start()
+            else:
+                self._status.update(text)
+            return
+        if (stage, phase) != self._last:
+            self._last = (stage, phase)
+            self.stream.write(f"sglprep: {stage}: {phase}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
