@@ -63,6 +63,8 @@ def stage_signature(stage: str, data: dict, model_slug: str, runtime: RuntimeFac
     options = data["caches"][stage]
     for key in STAGE_OPTIONS[stage]:
         sig[key] = options.get(key)
+    for key, value in sorted(options.get("env", {}).items()):
+        sig[f"env.{key}"] = value
     return sig
 
 

@@ -126,9 +126,11 @@ class StageRunner:
     def rpath(self, rel: str) -> str:
         return self.ctx.runtime_path(rel)
 
-    def env(self, extra: dict | None = None) -> dict:
+    def env(self, stage: str, extra: dict | None = None) -> dict:
+        """base environment + cache routing + the stage's own `env` + `extra`."""
         env = self.runtime.base_env()
         env.update(cache_env(self.rpath("profiles"), self.moe_ready))
+        env.update(self.data["caches"][stage].get("env", {}))
         env.update(extra or {})
         return env
 
@@ -306,7 +308,7 @@ class StageRunner:
         """Start a server, wait for /ready, send one request, check its log and
         settings, probe telemetry; always tear it down."""
         timeout = stage_timeout(self.data, stage)
-        env = self.env({"SGLANG_WARMUP_TIMEOUT": str(int(timeout)), **(extra_env or {})})
+        env = self.env(stage, {"SGLANG_WARMUP_TIMEOUT": str(int(timeout)), **(extra_env or {})})
         argv = self._server_argv(stage)
         out.env = self.routing()
         out.artifacts["argv"] = argv
@@ -388,7 +390,7 @@ class StageRunner:
         timeout = stage_timeout(self.data, "deep_gemm")
         compile_log = self.ctx.path(f"profiles/deep_gemm/{self.slug}/compile.log")
         argv = self._server_argv("deep_gemm")
-        env = self.env({"SGLANG_WARMUP_TIMEOUT": str(int(timeout))})
+        env = self.env("deep_gemm", {"SGLANG_WARMUP_TIMEOUT": str(int(timeout))})
         out.env = self.routing()
         out.artifacts.update(argv=argv, cache_dir=self._artifact("profiles/deep_gemm"),
                              compile_log=self._artifact(f"profiles/deep_gemm/{self.slug}/compile.log"))
@@ -472,6 +474,7 @@ class StageRunner:
                 with self.owner():
                     for name in produced:
                         written[name] = _merge_config(os.path.join(work, name), os.path.join(target, name))
+                        os.unlink(os.path.join(work, name))  # the next batch size writes the same name
         finally:
             with self.owner():
                 shutil.rmtree(work, ignore_errors=True)
@@ -505,7 +508,7 @@ class StageRunner:
         before = set(os.listdir(cwd))
         sink = self._sink()
         try:
-            proc = self.runtime.spawn(argv, self.env(), sink, cwd=cwd)
+            proc = self.runtime.spawn(argv, self.env("moe_tune"), sink, cwd=cwd)
         except OSError as exc:
             raise StageFailed("tuner_execution_error", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         rc = proc.wait(timeout)
@@ -544,7 +547,7 @@ class StageRunner:
         argv = self._server_argv("inductor" if stage == "inductor" else "verify", module="sglang.launch_server")
         sink = self._sink()
         server = WarmupServer(self.runtime, self.data["server"]["host"], self.data["server"]["port"], sink)
-        env = self.env({"SGLANG_CRASH_ON_JIT_COMPILE": "1"})
+        env = self.env(stage, {"SGLANG_CRASH_ON_JIT_COMPILE": "1"})
         server.start(argv, env)
         try:
             ready = server.wait_ready(self.data["timeouts"]["readiness_s"], lambda *_: None)

@@ -91,6 +91,7 @@ def _stage_options(**extra: Spec) -> Spec:
         "verify": S(kind="bool", default=False, doc="prove the cache warm after priming"),
         "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=None,
                        doc="stage timeout; default timeouts.stage_s"),
+        "env": S(kind="dict", item=S(kind="str"), default={}, doc="extra environment for this stage's processes"),
     }
     fields.update(extra)
     return S(kind="mode_or_map", fields=fields)

@@ -130,7 +130,7 @@ all:
     assert desired.model_slug == "llama-3-8b"
     assert desired.data["caches"]["flashinfer"]["mode"] == "skip"
     # a bare mode in the state file merges with a mapping from the inventory
-    assert desired.data["caches"]["deep_gemm"] == {"mode": "rebuild", "verify": True, "timeout_s": None}
+    assert desired.data["caches"]["deep_gemm"] == {"mode": "rebuild", "verify": True, "timeout_s": None, "env": {}}
 
 
 def test_inventory_picks_state_file(tmp_path):
@@ -226,7 +226,7 @@ def test_cli_validate_prints_merged_state(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = yaml.safe_load(proc.stdout)
     assert doc["tp"] == 2
-    assert doc["caches"]["inductor"] == {"mode": "rebuild", "verify": False, "timeout_s": None}
+    assert doc["caches"]["inductor"] == {"mode": "rebuild", "verify": False, "timeout_s": None, "env": {}}
     assert doc["server"]["settings"]["kv_cache_dtype"] == "fp8_e4m3"
     proc = run_cli("validate", "--json", "-f", "s.yaml", cwd=tmp_path)
     import json
