@@ -11,7 +11,6 @@ Global options may also follow the command (`sglprep plan --json`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .errors import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, InputError, SglprepError, StalePlanError
@@ -97,6 +96,8 @@ def _writer(args):
 
 
 def _emit_json(doc: dict) -> None:
+    import json
+
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
@@ -122,6 +123,8 @@ def cmd_plan(args) -> int:
 
         render_plan(plan, _writer(args))
     if args.out:
+        import json
+
         from .journal import atomic_write
 
         doc = plan.to_json()
@@ -140,6 +143,8 @@ def cmd_plan(args) -> int:
 
 
 def _load_saved_plan(path: str):
+    import json
+
     from .plan_model import FORMAT_VERSION, Plan
 
     try:

@@ -7,9 +7,7 @@ facts in and read changes out.
 from __future__ import annotations
 
 import posixpath
-import shlex
 from typing import NamedTuple
-from datetime import datetime, timezone
 
 from .facts_host import DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact
 from .plan_model import Change
@@ -64,8 +62,14 @@ def storage_root(root_setting: str, owner: Owner, ident: Identity, home_of) -> s
     return posixpath.normpath(posixpath.abspath(root_setting))
 
 
+def _q(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
+
+
 def _chown_fix(owner: Owner, path: str) -> str:
-    return f"sudo chown {owner.spec} {shlex.quote(path)}"
+    return f"sudo chown {owner.spec} {_q(path)}"
 
 
 # ---------------------------------------------------------------------- checks
@@ -95,7 +99,7 @@ def diff_storage_owner(owner: Owner, root: str, root_fact: DirFact, ancestor: Di
                           observed=observed | {"ancestor": ancestor.path}, after=after, show=False)
         return Change(address, "blocked", "permissions_unexpected",
                       f"cannot create {root}: {ancestor.path} is not writable by {owner.spec} → "
-                      f"sudo install -d -o {owner.uid} -g {owner.gid} {shlex.quote(root)}",
+                      f"sudo install -d -o {owner.uid} -g {owner.gid} {_q(root)}",
                       observed=observed | {"ancestor": ancestor.path}, after=after)
     if root_fact.kind != "dir":
         return Change(address, "blocked", "not_a_directory",
@@ -104,7 +108,7 @@ def diff_storage_owner(owner: Owner, root: str, root_fact: DirFact, ancestor: Di
     before = {"owner": f"{root_fact.uid}:{root_fact.gid}", "mode": f"{root_fact.mode:04o}"}
     mismatch = (root_fact.uid, root_fact.gid) != (owner.uid, owner.gid)
     if not root_fact.writable_by(owner.uid, owner.gid):
-        fix = _chown_fix(owner, root) if mismatch else f"chmod u+rwx {shlex.quote(root)}"
+        fix = _chown_fix(owner, root) if mismatch else f"chmod u+rwx {_q(root)}"
         return Change(address, "blocked", "permissions_unexpected",
                       f"storage root {root} is {before['owner']} mode {before['mode']}, not writable by "
                       f"{owner.spec} → {fix}", before=before, after=after, observed=observed)
@@ -160,7 +164,7 @@ def diff_directory(rel: str, fact: DirFact, owner: Owner, ownership: str) -> Cha
                       depends_on=depends, before=before, after=after, observed=observed)
     if not fact.writable_by(owner.uid, owner.gid):
         return Change(address, "blocked", "permissions_unexpected",
-                      f"mode {before['mode']} is not writable by its owner → chmod u+rwx {shlex.quote(fact.path)}",
+                      f"mode {before['mode']} is not writable by its owner → chmod u+rwx {_q(fact.path)}",
                       depends_on=depends, before=before, after=after, observed=observed)
     if mismatch:
         return Change(address, "noop", "owner_mismatch_ignored",
@@ -220,6 +224,8 @@ def unified_diff(old: str, new: str, rel: str) -> str:
 # -------------------------------------------------------------- locks, markers
 
 def _iso(epoch: float) -> str:
+    from datetime import datetime, timezone
+
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -254,7 +260,7 @@ def diff_lock(lock: LockFact, hostname: str) -> Change:
                       observed=observed)
     if state == "foreign":
         return Change(address, "blocked", "foreign_host",
-                      f"{why}; cannot check it from here → confirm it is gone there, then rm {shlex.quote(lock.path)}",
+                      f"{why}; cannot check it from here → confirm it is gone there, then rm {_q(lock.path)}",
                       depends_on=depends, before=before, observed=observed)
     return Change(address, "blocked", "held",
                   f"{why} → wait for it to finish (or stop pid {lock.owner_pid})",

@@ -9,12 +9,9 @@ fresh `HostFacts` (or `HostFacts.fresh()`).
 """
 from __future__ import annotations
 
-import json
 import os
 import stat as stat_mod
 from typing import NamedTuple
-from datetime import datetime, timezone
-from pathlib import Path
 
 # ----------------------------------------------------------------- fact types
 
@@ -122,6 +119,8 @@ class DiskFact(NamedTuple):
 def parse_iso(text: str) -> float | None:
     if not text:
         return None
+    from datetime import datetime, timezone
+
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -197,6 +196,8 @@ class HostFacts:
         return self._cached(("lock", path), lambda: self._lock_fact(name, path))
 
     def _lock_fact(self, name: str, path: str) -> LockFact:
+        import json
+
         try:
             with open(path, "rb") as fh:
                 raw = fh.read(65536)
@@ -260,9 +261,9 @@ class HostFacts:
 
     def free_disk(self, path: str) -> DiskFact:
         def compute():
-            probe = Path(path)
-            while not probe.exists() and probe != probe.parent:
-                probe = probe.parent
+            probe = path
+            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+                probe = os.path.dirname(probe)
             st = os.statvfs(probe)
             return DiskFact(path=str(probe), free_bytes=st.f_bavail * st.f_frsize,
                             total_bytes=st.f_blocks * st.f_frsize)
@@ -327,6 +328,8 @@ def _proc_fact(pid: int) -> ProcFact:
 
 
 def _pointer_fact(path: str, container_root: str, host_root: str) -> PointerFact:
+    import json
+
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(65536)

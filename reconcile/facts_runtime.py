@@ -10,8 +10,6 @@ the newest mtime under it.
 """
 from __future__ import annotations
 
-import json
-import subprocess
 from typing import Callable, NamedTuple
 
 PROBE_TIMEOUT_S = 60
@@ -152,6 +150,7 @@ def local_prober(env: dict | None = None, uid: int | None = None, gid: int | Non
     """Runs probes on this host; as `uid:gid` when root, so the probe sees
     what the stages (which run as the storage owner) will see."""
     import os
+    import subprocess
 
     kwargs = {}
     if uid is not None and os.geteuid() == 0 and uid != 0:
@@ -172,6 +171,8 @@ def local_prober(env: dict | None = None, uid: int | None = None, gid: int | Non
 
 
 def probe_runtime(python: str, prober: Prober) -> RuntimeFacts:
+    import json
+
     rc, out, err = prober([python, "-B", "-c", PROBE_SCRIPT])
     if rc != 0:
         last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]

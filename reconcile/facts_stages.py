@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from typing import NamedTuple
 
 from .diff_stages import ModelFact, SignatureFact
@@ -97,6 +96,8 @@ def _named_module_dir(text: str, name: str) -> str:
 
 
 def _ninja_dry_run(ninja: str, module_dir: str) -> tuple[str, int]:
+    import subprocess
+
     try:
         proc = subprocess.run([ninja, "-n", "-C", module_dir], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):

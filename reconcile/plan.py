@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import replace
 from typing import NamedTuple
 
 from . import __version__
@@ -20,7 +19,7 @@ from .diff_stages import (CACHE_DIRS, SERVER_STAGES, STAGES, SignatureFact, diff
 from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem
-from .plan_model import Change, Plan, fingerprint
+from .plan_model import Change, Plan
 from .state_layout import (DIRECTORIES, LOCKS_DIR, MARKERS_DIR, POINTER, TEMPLATED_FILES, lock_path,
                            marker_path)
 from .state_load import Desired
@@ -119,7 +118,7 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
     if kind == "file":
         want = {f.rel: f for f in desired_files(desired)}[name]
         change = diff_file(want, facts.file(ctx.path(name)), ctx.owner)
-        return replace(change, observed=dict(change.observed or {}, render_key=want.render_key))
+        return change._replace(observed=dict(change.observed or {}, render_key=want.render_key))
     if kind == "lock":
         lock = facts.lock_file(name, ctx.path(lock_path(name)))
         if lock.kind == "missing" or (own_pid is not None and lock.owner_pid == own_pid):
@@ -237,11 +236,11 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     changes[checks_end:checks_end] = stage_checks
     changes += stages
     known = {c.address for c in changes}
-    changes = [replace(c, depends_on=tuple(d for d in c.depends_on if d in known)) for c in changes]
+    changes = [c._replace(depends_on=tuple(d for d in c.depends_on if d in known)) for c in changes]
     parts = [__version__, desired.sources_sha, desired.host,
              [[c.address, c.action, c.observed] for c in changes]]
     warnings = list(desired.warnings)
     for change in changes:
         warnings.extend(change.warnings)
-    return Plan(host=desired.host, state_file=desired.state_file, fingerprint=fingerprint(parts),
-                changes=changes, warnings=warnings)
+    return Plan(host=desired.host, state_file=desired.state_file, changes=changes, warnings=warnings,
+                fingerprint_parts=parts)

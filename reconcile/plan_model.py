@@ -8,10 +8,7 @@ and nothing else.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 FORMAT_VERSION = "1"
 ACTIONS = ("create", "update", "replace", "delete", "run", "noop", "blocked")
@@ -20,8 +17,7 @@ SUMMARY_WORDS = {"create": "to create", "update": "to update", "replace": "to re
                  "run": "to run", "blocked": "blocked"}
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     address: str
     action: str
     reason: str
@@ -33,10 +29,6 @@ class Change:
     diff: str = ""  # unified diff, for files
     show: bool = True  # a noop worth printing (it carries information)
     warnings: tuple = ()
-
-    def __post_init__(self):
-        if self.action not in ACTIONS:
-            raise ValueError(f"unknown action {self.action!r} for {self.address}")
 
     @property
     def type(self) -> str:
@@ -83,13 +75,26 @@ class Change:
                    warnings=tuple(data.get("warnings", ())))
 
 
-@dataclass
 class Plan:
-    host: str
-    state_file: str
-    fingerprint: str
-    changes: list = field(default_factory=list)
-    warnings: list = field(default_factory=list)
+    """The ordered changes of one host. The fingerprint is computed from
+    `fingerprint_parts` on first use (a text plan never needs it)."""
+
+    def __init__(self, host: str, state_file: str, fingerprint: str | None = None, changes: list | None = None,
+                 warnings: list | None = None, fingerprint_parts: list | None = None):
+        self.host, self.state_file = host, state_file
+        self._fingerprint = fingerprint
+        self._parts = fingerprint_parts
+        self.changes = changes if changes is not None else []
+        self.warnings = warnings if warnings is not None else []
+        bad = [c.address for c in self.changes if c.action not in ACTIONS]
+        if bad:
+            raise ValueError(f"unknown action for {', '.join(bad)}")
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(self._parts)
+        return self._fingerprint
 
     def summary(self) -> dict:
         counts = dict.fromkeys(ACTIONS, 0)
@@ -139,8 +144,12 @@ class Plan:
 
 
 def canonical_json(value: Any) -> str:
+    import json
+
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def fingerprint(parts: list) -> str:
-    return "sha256:" + hashlib.sha256(canonical_json(parts).encode()).hexdigest()
+    from .digest import sha256_hex
+
+    return sha256_hex(canonical_json(parts).encode())

@@ -18,8 +18,8 @@ at, so validation can point at the inventory line that set a bad value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from itertools import product
+from typing import NamedTuple
 from string import ascii_letters
 
 from .errors import InputError
@@ -39,8 +39,7 @@ _UNEXPECTED_KEY = ('Skipping unexpected key ({key}) in group ({group}), '
                    'only "vars", "children" and "hosts" are valid')
 
 
-@dataclass
-class HostVars:
+class HostVars(NamedTuple):
     """Everything the inventory says about one host."""
 
     name: str
@@ -53,16 +52,17 @@ class HostVars:
     is_local: bool  # reached without SSH (localhost address or a local connection)
 
 
-@dataclass
 class Inventory:
     """A parsed inventory. Host variables are merged on request by `host()`."""
 
-    file: str  # display path
-    warnings: list[str] = field(default_factory=list)
-    _hosts: dict = field(default_factory=dict, repr=False)  # name -> _Host, in definition order
-    _groups: dict = field(default_factory=dict, repr=False)  # name -> _Group
-    _host_groups: dict = field(default_factory=dict, repr=False)  # host -> sorted group names
-    _merge_order: dict = field(default_factory=dict, repr=False)  # group -> sort key
+    def __init__(self, file: str, warnings: list | None = None, hosts: dict | None = None,
+                 groups: dict | None = None, host_groups: dict | None = None, merge_order: dict | None = None):
+        self.file = file  # display path
+        self.warnings = warnings if warnings is not None else []
+        self._hosts = hosts or {}  # name -> _Host, in definition order
+        self._groups = groups or {}  # name -> _Group
+        self._host_groups = host_groups or {}  # host -> sorted group names
+        self._merge_order = merge_order or {}  # group -> sort key
 
     def host_names(self) -> list[str]:
         """Hosts in the order the inventory first names them (no implicit localhost)."""
@@ -489,8 +489,8 @@ class _Parser:
                 member.add(group)
                 member.update(ancestors[group])
             host_groups[name] = sorted(member)
-        return Inventory(file=self.doc.file, warnings=self.warnings, _hosts=self.hosts,
-                         _groups=self.groups, _host_groups=host_groups, _merge_order=order)
+        return Inventory(file=self.doc.file, warnings=self.warnings, hosts=self.hosts,
+                         groups=self.groups, host_groups=host_groups, merge_order=order)
 
 
 # --- merging -------------------------------------------------------------------

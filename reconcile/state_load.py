@@ -6,47 +6,51 @@ installed `sglprep` works from any directory.
 """
 from __future__ import annotations
 
-import hashlib
+import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import NamedTuple
 
+from .digest import sha256
 from .errors import InputError
 from .state_schema import validate
 from .state_yaml import Located, load_file
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
 DEFAULT_STATE = "states/default.yaml"
 DEFAULT_INVENTORY = "inventory.yaml"
 
 
-def resolve_path(rel: str) -> Path | None:
+def resolve_path(rel: str) -> str | None:
     """`rel` relative to the cwd, else to the installed package or source tree."""
-    path = Path(rel).expanduser()
-    if path.is_absolute():
-        return path if path.exists() else None
-    if path.exists():
+    path = os.path.expanduser(rel)
+    if os.path.isabs(path):
+        return path if os.path.exists(path) else None
+    if os.path.exists(path):
         return path
-    parts = path.parts
     candidates = []
-    if parts and parts[0] in ("states", "templates"):
-        candidates.append(PACKAGE_DIR / "data" / Path(*parts))
-    candidates.append(PACKAGE_DIR.parent / path)  # source checkout
+    head = path.split(os.sep, 1)[0]
+    if head in ("states", "templates"):
+        candidates.append(os.path.join(PACKAGE_DIR, "data", path))
+    candidates.append(os.path.join(os.path.dirname(PACKAGE_DIR), path))  # source checkout
     for cand in candidates:
-        if cand.exists():
+        if os.path.exists(cand):
             return cand
     return None
 
 
-def template_path(name: str) -> Path:
+def template_path(name: str) -> str:
     found = resolve_path(f"templates/{name}")
     if found is None:
         raise InputError(f"templates/{name}", None, None, "template not found (cwd or installed package)")
     return found
 
 
-@dataclass(frozen=True)
-class Desired:
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+class Desired(NamedTuple):
     """The merged, validated desired state of one host."""
 
     host: str
@@ -54,7 +58,7 @@ class Desired:
     inventory_file: str | None
     data: dict
     sources_sha: str  # sha256 over the state file and inventory bytes
-    warnings: tuple = field(default_factory=tuple)
+    warnings: tuple = ()
 
     def get(self, dotted_key: str):
         node = self.data
@@ -98,12 +102,12 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
         state_path = resolve_path(state_arg)
     elif host.state_file:
         state_display = host.state_file
-        base = inv_path.parent if inv_path else Path.cwd()
-        candidate = Path(host.state_file).expanduser()
-        state_path = candidate if candidate.is_absolute() else base / candidate
-        if not state_path.exists():
+        base = os.path.dirname(inv_path) if inv_path else os.getcwd()
+        candidate = os.path.expanduser(host.state_file)
+        state_path = candidate if os.path.isabs(candidate) else os.path.join(base, candidate)
+        if not os.path.exists(state_path):
             state_path = resolve_path(host.state_file)
-        if state_path is None or not state_path.exists():
+        if state_path is None or not os.path.exists(state_path):
             o = host.state_file_origin
             raise InputError(o.file if o else inventory.file, o.line if o else None, "sglprep_state",
                              f"state file {host.state_file!r} not found")
@@ -119,11 +123,11 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
     _merge_overrides(doc, host.overrides, host.override_origins)
     data = validate(doc)
 
-    digest = hashlib.sha256()
-    digest.update(state_path.read_bytes())
+    digest = sha256()
+    digest.update(read_bytes(state_path))
     if inv_path is not None:
         digest.update(b"\0inventory\0")
-        digest.update(inv_path.read_bytes())
+        digest.update(read_bytes(inv_path))
     digest.update(f"\0host\0{limit}".encode())
     return Desired(host=limit, state_file=state_display, inventory_file=inv_display if inv_path else None,
                    data=data, sources_sha="sha256:" + digest.hexdigest(),

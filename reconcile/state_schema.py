@@ -8,7 +8,6 @@ every key declared here (a test keeps the two in step).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import InputError
@@ -37,21 +36,25 @@ def _show(value: Any, raw: str | None) -> str:
     return repr(value)
 
 
-@dataclass
 class Spec:
     """One key's type, default and constraints."""
 
-    kind: str  # str, int, number, bool, enum, map, dict, list, mode_or_map, any_scalar
-    default: Any = None
-    choices: tuple = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    fields: dict = field(default_factory=dict)  # for kind=map
-    item: "Spec | None" = None  # for list / dict values
-    check: Callable[[Any], str | None] | None = None  # extra check: message or None
-    open_keys: bool = False  # map: unknown keys allowed (validated by `item`)
-    doc: str = ""
+    __slots__ = ("kind", "default", "choices", "minimum", "maximum", "exclusive_minimum", "fields", "item",
+                 "check", "open_keys", "doc")
+
+    def __init__(self, kind: str, default: Any = None, choices: tuple = (), minimum: float | None = None,
+                 maximum: float | None = None, exclusive_minimum: bool = False, fields: dict | None = None,
+                 item: "Spec | None" = None, check: Callable[[Any], str | None] | None = None,
+                 open_keys: bool = False, doc: str = ""):
+        self.kind = kind  # str, int, number, bool, enum, map, dict, list, mode_or_map, setting, any
+        self.default = default
+        self.choices = choices
+        self.minimum, self.maximum, self.exclusive_minimum = minimum, maximum, exclusive_minimum
+        self.fields = fields or {}  # for kind=map
+        self.item = item  # for list / dict values
+        self.check = check  # extra check: message or None
+        self.open_keys = open_keys  # map: unknown keys allowed (validated by `item`)
+        self.doc = doc
 
 
 def S(**kw) -> Spec:  # noqa: N802 - short constructor keeps the schema table readable

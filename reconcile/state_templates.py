@@ -12,18 +12,17 @@ through the `shq` filter (shlex.quote).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
+from typing import NamedTuple
 
-from .state_load import Desired, template_path
+from .digest import sha256, sha256_hex
+
+from .state_load import Desired, read_bytes, template_path
 
 HEADER_PREFIX = "# sglprep-managed: "
 RENDERER_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class DesiredFile:
+class DesiredFile(NamedTuple):
     rel: str  # path under the storage root
     template: str  # template name under templates/
     source: bytes  # template source
@@ -31,9 +30,9 @@ class DesiredFile:
 
     @property
     def render_key(self) -> str:
-        digest = hashlib.sha256()
+        digest = sha256()
         digest.update(RENDERER_VERSION.encode() + b"\0" + self.source + b"\0")
-        digest.update(json.dumps(self.context, sort_keys=True, separators=(",", ":")).encode())
+        digest.update(repr(sorted(self.context.items())).encode())  # str/int values: a stable form
         return "sha256:" + digest.hexdigest()
 
     def render(self) -> str:
@@ -43,7 +42,7 @@ class DesiredFile:
 
 
 def sha256_text(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return sha256_hex(text.encode())
 
 
 def header_line(render_key: str, body: str) -> str:
@@ -95,6 +94,6 @@ def desired_files(desired: Desired) -> list[DesiredFile]:
     contexts = {PROMETHEUS_CONFIG: prometheus_context(desired)}
     out = []
     for rel, template in TEMPLATED_FILES.items():
-        source = template_path(template).read_bytes()
+        source = read_bytes(template_path(template))
         out.append(DesiredFile(rel=rel, template=template, source=source, context=contexts[rel]))
     return out

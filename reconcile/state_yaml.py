@@ -7,7 +7,6 @@ the user typed (`got 'on'`) rather than what YAML 1.1 made of it (`True`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 from typing import Any
 
@@ -26,14 +25,16 @@ class Origin(NamedTuple):
     line: int
 
 
-@dataclass
 class Located:
     """A parsed document: `value` plus where each part of it came from."""
 
-    value: Any
-    file: str
-    origins: dict = field(default_factory=dict)  # KeyPath -> Origin
-    raw: dict = field(default_factory=dict)  # KeyPath -> scalar text as written
+    __slots__ = ("value", "file", "origins", "raw")
+
+    def __init__(self, value: Any, file: str, origins: dict | None = None, raw: dict | None = None):
+        self.value = value
+        self.file = file
+        self.origins = origins if origins is not None else {}  # KeyPath -> Origin
+        self.raw = raw if raw is not None else {}  # KeyPath -> scalar text as written
 
     def origin(self, path: KeyPath) -> Origin:
         """Origin of `path`, or of its nearest ancestor that has one."""
