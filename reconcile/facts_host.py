@@ -386,14 +386,24 @@ def _listening_ports(path: str, want: int) -> bool:
 
 
 def _port_fact(port: int) -> PortFact:
-    if os.path.exists("/proc/net/tcp"):
-        busy = _listening_ports("/proc/net/tcp", port) or _listening_ports("/proc/net/tcp6", port)
-    else:  # no procfs: ask the kernel by connecting (read-only probe)
-        import socket
+    """Is 127.0.0.1:port taken? Asked the way the warm-up server will find
+    out: a bind with SO_REUSEADDR (as uvicorn sets it), closed at once; no
+    connection is made and nothing listens. /proc/net/tcp is the fallback."""
+    import errno
+    import socket
 
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.settimeout(0.2)
-            busy = sock.connect_ex(("127.0.0.1", port)) == 0
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        busy = False
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            busy = True
+        else:
+            busy = _listening_ports("/proc/net/tcp", port) or _listening_ports("/proc/net/tcp6", port)
+    finally:
+        sock.close()
     if not busy:
         return PortFact(port=port, state="free")
     import psutil
