@@ -27,7 +27,7 @@ from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem, flashinfer_modules, signature_fact
 from .journal import SessionLog, atomic_write_json, create_exclusive, utc_now_iso
-from .plan import Context, signature_path, stage_timeout
+from .plan import Context, flashinfer_problem, signature_path, stage_timeout
 from .state_flags import (KV_LOG_DTYPES, cache_env, flashinfer_cached_ops, server_argv, server_module,
                           triton_config_dirname)
 from .state_layout import lock_path, marker_path
@@ -117,6 +117,7 @@ class StageRunner:
         self.say = say or (lambda stage, phase, elapsed: None)
         self.slug = desired.model_slug
         self.moe_ready = False  # set once SGLANG_MOE_CONFIG_DIR holds tuned configs
+        self.runtime_environ = getattr(runtime, "environ", None)
         self.telemetry: list = []
 
     # ------------------------------------------------------------ helpers
@@ -521,13 +522,7 @@ class StageRunner:
 
     # ------------------------------------------------------------ verify
     def _flashinfer_problem(self) -> str:
-        if not self.rt.gpus or not self.rt.version("flashinfer"):
-            return ""
-        version, cap = self.rt.version("flashinfer"), self.rt.gpus[0].compute_cap
-        modules = flashinfer_modules(flashinfer_cached_ops(self.ctx.path("profiles"), version, cap),
-                                     flashinfer_cached_ops(self.rpath("profiles"), version, cap),
-                                     self.rt.ninja if self.ctx.runtime_kind == "local" else None)
-        return flashinfer_cache_problem(modules)
+        return flashinfer_problem(self.desired, HostFacts(self.runtime_environ), self.ctx, self.rt)
 
     def _verify(self, stage: str, beat: Heartbeat) -> dict:
         if stage == "flashinfer":
@@ -535,7 +530,7 @@ class StageRunner:
             host_ops = flashinfer_cached_ops(self.ctx.path("profiles"), version, cap)
             modules = flashinfer_modules(host_ops, flashinfer_cached_ops(self.rpath("profiles"), version, cap),
                                          self.rt.ninja or None)
-            problem = flashinfer_cache_problem(modules)
+            problem = flashinfer_cache_problem(modules, self.rt.flashinfer_data_newest_mtime)
             evidence = {"method": "host-side: .so present, `ninja -n` has no work, build.ninja names its dir",
                         "cached_ops": host_ops, "modules": [m._asdict() for m in modules], "ok": not problem}
             if problem:

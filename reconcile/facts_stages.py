@@ -13,29 +13,32 @@ from .diff_stages import ModelFact, SignatureFact
 from .facts_runtime import Prober
 
 
-def signature_fact(path: str) -> SignatureFact:
+def _read_json(path: str) -> tuple[str, object, str]:
+    """(missing | ok | unparseable, value, error) for a JSON file."""
     try:
         with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
+            return "ok", json.load(fh), ""
     except (FileNotFoundError, NotADirectoryError):
-        return SignatureFact(path=path, kind="missing")
+        return "missing", None, ""
     except (OSError, ValueError) as exc:
-        return SignatureFact(path=path, kind="unparseable", error=str(exc))
-    if not isinstance(data, dict) or not isinstance(data.get("signature"), dict):
-        return SignatureFact(path=path, kind="unparseable", error="no 'signature' object")
+        return "unparseable", None, str(exc)
+
+
+def signature_fact(path: str) -> SignatureFact:
+    kind, data, error = _read_json(path)
+    if kind == "ok" and not (isinstance(data, dict) and isinstance(data.get("signature"), dict)):
+        kind, error = "unparseable", "no 'signature' object"
+    if kind != "ok":
+        return SignatureFact(path=path, kind=kind, error=error)
     return SignatureFact(path=path, kind="ok", signature=data["signature"], written_at=str(data.get("written_at", "")))
 
 
 def model_fact(config_path: str) -> ModelFact:
-    try:
-        with open(config_path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (FileNotFoundError, NotADirectoryError):
-        return ModelFact(path=config_path, kind="missing")
-    except (OSError, ValueError) as exc:
-        return ModelFact(path=config_path, kind="unparseable", error=str(exc))
-    if not isinstance(data, dict):
-        return ModelFact(path=config_path, kind="unparseable", error="not a JSON object")
+    kind, data, error = _read_json(config_path)
+    if kind == "ok" and not isinstance(data, dict):
+        kind, error = "unparseable", "not a JSON object"
+    if kind != "ok":
+        return ModelFact(path=config_path, kind=kind, error=error)
     text_config = data.get("text_config") if isinstance(data.get("text_config"), dict) else {}
     max_ctx = data.get("max_position_embeddings") or text_config.get("max_position_embeddings") or 0
     return ModelFact(path=config_path, kind="ok", max_context=int(max_ctx) if isinstance(max_ctx, int) else 0)
@@ -46,6 +49,7 @@ def model_fact(config_path: str) -> ModelFact:
 class FlashInferModule(NamedTuple):
     name: str
     has_so: bool
+    so_mtime: float  # 0.0 without a .so
     names_own_dir: bool  # build.ninja refers to the directory it sits in
     named_dir: str  # the module directory build.ninja refers to ("" if none found)
     ninja: str  # clean | dirty | unknown (no ninja / no build.ninja)
@@ -64,12 +68,16 @@ def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | No
         module_dir = os.path.join(cached_ops, name)
         if not os.path.isdir(module_dir):
             continue
-        has_so = os.path.exists(os.path.join(module_dir, f"{name}.so"))
+        try:
+            so_mtime = os.stat(os.path.join(module_dir, f"{name}.so")).st_mtime
+            has_so = True
+        except OSError:
+            so_mtime, has_so = 0.0, False
         try:
             with open(os.path.join(module_dir, "build.ninja"), encoding="utf-8", errors="replace") as fh:
                 text = fh.read()
         except OSError:
-            out.append(FlashInferModule(name, has_so, False, "", "unknown", 0))
+            out.append(FlashInferModule(name, has_so, so_mtime, False, "", "unknown", 0))
             continue
         own = runtime_cached_ops.rstrip("/") + "/" + name
         named = _named_module_dir(text, name)
@@ -77,7 +85,7 @@ def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | No
         state, work = "unknown", 0
         if ninja and names_own:
             state, work = _ninja_dry_run(ninja, module_dir)
-        out.append(FlashInferModule(name, has_so, names_own, named, state, work))
+        out.append(FlashInferModule(name, has_so, so_mtime, names_own, named, state, work))
     return tuple(out)
 
 
@@ -110,11 +118,15 @@ def _ninja_dry_run(ninja: str, module_dir: str) -> tuple[str, int]:
     return ("dirty", work) if work else ("clean", 0)
 
 
-def flashinfer_cache_problem(modules: tuple) -> str:
-    """Why FlashInfer would rebuild this cache although it exists ("" = warm)."""
+def flashinfer_cache_problem(modules: tuple, sources_mtime: float = 0.0) -> str:
+    """Why FlashInfer would rebuild this cache although it exists ("" = warm).
+
+    `sources_mtime`: the newest mtime under FlashInfer's package data; where
+    ninja could not dry-run a module, a .so older than that is stale too."""
     missing = [m.name for m in modules if not m.has_so]
     moved = [m for m in modules if m.named_dir and not m.names_own_dir]
-    dirty = [m for m in modules if m.ninja == "dirty"]
+    dirty = [m for m in modules if m.ninja == "dirty" or
+             (m.ninja == "unknown" and m.has_so and sources_mtime and m.so_mtime < sources_mtime)]
     if moved:
         old = moved[0].named_dir.rsplit("/", 1)[0]
         return f"cache moved from {old}: FlashInfer would rebuild {len(moved)} module(s) ({moved[0].name})"

@@ -166,7 +166,8 @@ def flashinfer_problem(desired: Desired, facts: HostFacts, ctx: Context, runtime
     host_ops = flashinfer_cached_ops(ctx.path("profiles"), version, cap)
     runtime_ops = flashinfer_cached_ops(ctx.runtime_path("profiles"), version, cap)
     ninja = runtime.ninja if ctx.runtime_kind == "local" else None
-    return flashinfer_cache_problem(facts.flashinfer_modules(host_ops, runtime_ops, ninja))
+    return flashinfer_cache_problem(facts.flashinfer_modules(host_ops, runtime_ops, ninja),
+                                    runtime.flashinfer_data_newest_mtime)
 
 
 def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[list, list]:

@@ -305,3 +305,23 @@ BUSY = PortFact(port=30000, state="busy", pid=777, user="ubuntu",
 def test_port(fact, needed, action, reason, message):
     change = diff_port(fact, needed)
     assert (change.address, change.action, change.reason, change.message) == ("port:30000", action, reason, message)
+
+
+# ------------------------------------------------------------ FlashInfer cache
+
+def test_flashinfer_cache_problem_variants():
+    from reconcile.facts_stages import FlashInferModule, flashinfer_cache_problem
+
+    ok = FlashInferModule("decode", True, 100.0, True, "/p/cached_ops/decode", "clean", 0)
+    assert flashinfer_cache_problem((ok,)) == ""
+    assert flashinfer_cache_problem((ok._replace(ninja="dirty", work=5),)) == (
+        "sources newer than the build: ninja has work in 1 module(s) (e.g. decode); "
+        "FlashInfer would silently rebuild them")
+    assert flashinfer_cache_problem((ok._replace(names_own_dir=False, named_dir="/old/cached_ops/decode"),)) == (
+        "cache moved from /old/cached_ops: FlashInfer would rebuild 1 module(s) (decode)")
+    assert flashinfer_cache_problem((ok._replace(has_so=False, so_mtime=0.0),)) == (
+        "incomplete build: 1 module(s) without their .so (e.g. decode)")
+    # no ninja in the runtime: fall back to the package data's newest mtime
+    unknown = ok._replace(ninja="unknown")
+    assert flashinfer_cache_problem((unknown,), sources_mtime=50.0) == ""
+    assert flashinfer_cache_problem((unknown,), sources_mtime=200.0).startswith("sources newer than the build")
