@@ -16,6 +16,7 @@ from stat import S_IMODE, S_ISDIR, S_ISLNK
 
 DIRECTORIES = (
     "telemetry", "telemetry/logs", "telemetry/prometheus", "telemetry/jaeger", "telemetry/container_runs",
+    "telemetry/sglprep",
     "profiles", "profiles/triton", "profiles/torchinductor", "profiles/flashinfer", "profiles/deep_gemm",
     "profiles/moe_configs", "profiles/.locks", "profiles/.in_progress", "models", "huggingface",
 )

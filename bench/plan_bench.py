@@ -146,9 +146,10 @@ class Fixture:
         owner_line = f', owner: "{self.uid}:{self.gid}"' if self.is_root else ""
         # Every cache stage skipped: with an active stage, plan probes the
         # runtime (starts its Python, nvidia-smi), which this bench leaves out.
-        # Skipped stages still have their signature.json read.
+        # Skipped stages read no signature.json.
         self.state.write_text(f"version: 1\nstorage: {{root: {json.dumps(str(self.root))}{owner_line}}}\n"
-                              "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n")
+                              "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n"
+                              "runtime: {kind: local}\n")
         self.sglprep = sglprep
         self.swapped = False
 

@@ -243,6 +243,40 @@ class HostFacts:
         return self._cached(key, lambda: validate_server_flags(
             python, local_prober({**self._env, **extra_env}, uid, gid), argvs))
 
+    def engine(self):
+        from .facts_docker import engine_fact
+
+        return self._cached(("engine",), lambda: engine_fact(self._env))
+
+    def container(self, name: str):
+        from .facts_docker import container_fact
+
+        return self._cached(("container", name), lambda: container_fact(self._env, name))
+
+    def image(self, ref: str):
+        from .facts_docker import image_fact
+
+        return self._cached(("image", ref), lambda: image_fact(self._env, ref))
+
+    def runtime_in_container(self, container: str, python: str, extra_env: dict, uid: int, gid: int):
+        from .exec_docker import docker_prober
+        from .facts_runtime import probe_runtime
+
+        key = ("runtime-docker", container, python, tuple(sorted(extra_env.items())), uid, gid)
+        return self._cached(key, lambda: probe_runtime(python, docker_prober(container, uid, gid, extra_env,
+                                                                              self._env)))
+
+    def server_flags_in_container(self, container: str, python: str, extra_env: dict, argvs: dict, uid: int,
+                                  gid: int) -> dict:
+        import json
+
+        from .exec_docker import docker_prober
+        from .facts_stages import validate_server_flags
+
+        key = ("flags-docker", container, python, json.dumps(argvs, sort_keys=True), uid, gid)
+        return self._cached(key, lambda: validate_server_flags(
+            python, docker_prober(container, uid, gid, extra_env, self._env), argvs))
+
     def signature(self, path: str):
         from .facts_stages import signature_fact
 

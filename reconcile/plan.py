@@ -16,13 +16,16 @@ from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, dif
                            diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
 from .diff_stages import (CACHE_DIRS, SERVER_STAGES, STAGES, SignatureFact, diff_gpu_count, diff_model,
                           diff_runtime, diff_server_flags, diff_stage, stage_signature)
+from .diff_container import diff_container, diff_pointer_container
+from .facts_docker import ContainerFact, ImageFact
 from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem
 from .plan_model import Change, Plan
-from .state_layout import (DIRECTORIES, LOCKS_DIR, MARKERS_DIR, POINTER, TEMPLATED_FILES, lock_path,
+from .state_layout import (DIRECTORIES, INIT_SCRIPT, LOCKS_DIR, MARKERS_DIR, POINTER, lock_path,
                            marker_path)
 from .state_load import Desired
+from .state_container import config_hash, container_config
 from .state_flags import flashinfer_cached_ops, server_argv
 from .state_templates import desired_files
 
@@ -82,7 +85,7 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list
     """Every resource of this host, in plan order."""
     addresses = ["check:storage_owner", "check:free_disk"]
     addresses += [f"directory:{rel}" for rel in DIRECTORIES]
-    addresses += [f"file:{rel}" for rel in TEMPLATED_FILES]
+    addresses += [f"file:{f.rel}" for f in desired_files(desired)]
     for entry in facts.listdir(ctx.path(LOCKS_DIR)):
         if entry.endswith(".lock") and not entry.startswith("."):
             addresses.append(f"lock:{entry[: -len('.lock')]}")
@@ -90,8 +93,18 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list
         if entry.endswith(".json") and not entry.startswith("."):
             addresses.append(f"marker:{entry[: -len('.json')]}")
     addresses.append("pointer:container_run_meta.env")
+    if ctx.runtime_kind == "docker":
+        addresses.append(f"container:{desired.data['runtime']['container']['name']}")
     addresses.append(f"port:{desired.data['server']['port']}")
     return addresses
+
+
+def desired_container(desired: Desired, ctx: Context) -> tuple[dict, str]:
+    """(canonical config, config hash) of the container this host should run."""
+    init = {f.rel: f for f in desired_files(desired)}.get(INIT_SCRIPT)
+    config = container_config(desired.data, ctx.root, ctx.owner.spec, init.render_key if init else "",
+                              desired.host)
+    return config, config_hash(config)
 
 
 def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context,
@@ -128,7 +141,20 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
         marker = facts.lock_file(name, ctx.path(marker_path(name)))
         return None if marker.kind == "missing" else diff_marker(marker, ctx.hostname)
     if kind == "pointer":
-        return diff_pointer(facts.pointer(ctx.path(POINTER), CONTAINER_TELEMETRY, ctx.path("telemetry")))
+        pointer = facts.pointer(ctx.path(POINTER), CONTAINER_TELEMETRY, ctx.path("telemetry"))
+        if ctx.runtime_kind == "docker" and facts.engine().reachable:
+            return diff_pointer_container(pointer, facts.container(desired.data["runtime"]["container"]["name"]))
+        return diff_pointer(pointer)
+    if kind == "container":
+        want, want_hash = desired_container(desired, ctx)
+        engine = facts.engine()
+        if not engine.reachable:
+            cont, image = ContainerFact(name=name, kind="missing"), ImageFact(ref=want["image"], kind="missing")
+        else:
+            cont, image = facts.container(name), facts.image(want["image"])
+        extra = (f"file:{INIT_SCRIPT}",) if want["entrypoint"] == "sglprep" else ()
+        return diff_container(want, want_hash, desired.data["runtime"]["container"]["state"], engine, cont, image,
+                              extra)
     if kind == "port":
         return diff_port(facts.port(int(name)), needed=False)
     raise ValueError(f"unknown resource address {address!r}")
@@ -138,13 +164,20 @@ def signature_path(stage: str, slug: str) -> str:
     return f"{CACHE_DIRS[stage]}/{slug}/signature.json"
 
 
-def runtime_facts(desired: Desired, facts: HostFacts, ctx: Context) -> RuntimeFacts:
+def runtime_facts(desired: Desired, facts: HostFacts, ctx: Context, container: Change | None = None) -> RuntimeFacts:
+    """One probe of the runtime. With the docker runtime the probe runs in the
+    container, so it waits (status `pending`) while the container is not up
+    as desired."""
     rt = desired.data["runtime"]
-    if rt["kind"] == "docker":
-        return RuntimeFacts(status="unavailable", problem=(
-            "runtime.kind docker: this version primes caches with the local runtime only "
-            "(set runtime.kind: local and runtime.python)"))
-    return facts.runtime(rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid)
+    if rt["kind"] == "local":
+        return facts.runtime(rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid)
+    name = rt["container"]["name"]
+    if rt["container"]["state"] == "absent":
+        return RuntimeFacts(status="unavailable", problem=f"runtime.container.state is absent: no container {name} "
+                            "to prime caches in")
+    if container is not None and container.action != "noop":
+        return RuntimeFacts(status="pending", problem=f"probed once container:{name} runs")
+    return facts.runtime_in_container(name, rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid)
 
 
 def model_config_path(desired: Desired, ctx: Context) -> str | None:
@@ -170,14 +203,15 @@ def flashinfer_problem(desired: Desired, facts: HostFacts, ctx: Context, runtime
                                     runtime.flashinfer_data_newest_mtime)
 
 
-def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[list, list]:
+def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: Change | None = None
+                  ) -> tuple[list, list]:
     """(check changes, stage changes) for the cache stages; no runtime probe
     when every stage is skipped."""
     data = desired.data
     modes = {stage: desired.stage_mode(stage) for stage in STAGES}
     active = [stage for stage, mode in modes.items() if mode != "skip"]
     port = data["server"]["port"]
-    runtime = runtime_facts(desired, facts, ctx) if active else RuntimeFacts(status="unavailable")
+    runtime = runtime_facts(desired, facts, ctx, container) if active else RuntimeFacts(status="unavailable")
     checks, stages = [], []
     if active:
         checks.append(diff_runtime(runtime, data["runtime"]["python"], data["runtime"]["kind"]))
@@ -209,8 +243,12 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context) -> tuple[lis
     if running:
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
                  for stage in running}
-        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs,
-                                     ctx.owner.uid, ctx.owner.gid)
+        if ctx.runtime_kind == "docker":
+            results = facts.server_flags_in_container(data["runtime"]["container"]["name"], data["runtime"]["python"],
+                                                      data["runtime"]["env"], argvs, ctx.owner.uid, ctx.owner.gid)
+        else:
+            results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs,
+                                         ctx.owner.uid, ctx.owner.gid)
         checks.append(diff_server_flags(results, runtime.version("sglang")))
     return checks, stages
 
@@ -223,11 +261,16 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     """The plan for `desired` on this host. `own_pid`: a lock held by this pid
     (apply's own run lock) is not a resource to act on."""
     ctx = resolve_context(desired, facts)
-    stage_checks, stages = stage_changes(desired, facts, ctx)
+    container = None
+    if ctx.runtime_kind == "docker":
+        container = diff_resource(f"container:{desired.data['runtime']['container']['name']}", desired, facts, ctx)
+    stage_checks, stages = stage_changes(desired, facts, ctx, container)
     port_needed = any(c.action == "run" and c.name in SERVER_STAGES for c in stages)
     changes = []
     for address in resource_addresses(desired, facts, ctx):
-        if address.startswith("port:"):
+        if container is not None and address == container.address:
+            change = container
+        elif address.startswith("port:"):
             change = diff_port(facts.port(int(address[5:])), needed=port_needed)
         else:
             change = diff_resource(address, desired, facts, ctx, own_pid)

@@ -14,6 +14,7 @@ DIRECTORIES: tuple[str, ...] = (
     "telemetry/prometheus",
     "telemetry/jaeger",
     "telemetry/container_runs",
+    "telemetry/sglprep",
     "profiles",
     "profiles/triton",
     "profiles/torchinductor",
@@ -33,10 +34,7 @@ PROMETHEUS_CONFIG = "telemetry/prometheus/prometheus.yml"
 LOGS_DIR = "telemetry/logs"
 RUNS_DIR = "telemetry/container_runs"
 
-# Rendered templates: storage path -> template name under templates/.
-TEMPLATED_FILES: dict[str, str] = {
-    PROMETHEUS_CONFIG: "prometheus.yml.j2",
-}
+INIT_SCRIPT = "telemetry/sglprep/init-run.sh"
 
 # Where each cache stage keeps its artifacts (under profiles/).
 STAGES: tuple[str, ...] = ("deep_gemm", "moe_tune", "flashinfer", "inductor")

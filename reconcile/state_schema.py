@@ -40,12 +40,12 @@ class Spec:
     """One key's type, default and constraints."""
 
     __slots__ = ("kind", "default", "choices", "minimum", "maximum", "exclusive_minimum", "fields", "item",
-                 "check", "open_keys", "doc")
+                 "check", "open_keys", "doc", "required")
 
     def __init__(self, kind: str, default: Any = None, choices: tuple = (), minimum: float | None = None,
                  maximum: float | None = None, exclusive_minimum: bool = False, fields: dict | None = None,
                  item: "Spec | None" = None, check: Callable[[Any], str | None] | None = None,
-                 open_keys: bool = False, doc: str = ""):
+                 open_keys: bool = False, doc: str = "", required: bool = False):
         self.kind = kind  # str, int, number, bool, enum, map, dict, list, mode_or_map, setting, any
         self.default = default
         self.choices = choices
@@ -55,6 +55,7 @@ class Spec:
         self.check = check  # extra check: message or None
         self.open_keys = open_keys  # map: unknown keys allowed (validated by `item`)
         self.doc = doc
+        self.required = required  # in a map: the key must be given
 
 
 def S(**kw) -> Spec:  # noqa: N802 - short constructor keeps the schema table readable
@@ -135,6 +136,14 @@ SCHEMA = S(kind="map", fields={
             "gpus": S(kind="any", default="all", check=_gpus_check),
             "cap_add": S(kind="list", item=S(kind="str"), default=["SYS_ADMIN"]),
             "state": S(kind="enum", choices=("running", "absent"), default="running"),
+            "env": S(kind="dict", item=S(kind="str"), default={}),
+            "mounts": S(kind="list", default=[], item=S(kind="map", fields={
+                "source": S(kind="str", required=True, check=lambda v: None if v.startswith("/")
+                            else f"must be an absolute host path, got {v!r}"),
+                "target": S(kind="str", required=True, check=lambda v: None if v.startswith("/")
+                            else f"must be an absolute container path, got {v!r}"),
+                "read_only": S(kind="bool", default=True),
+            })),
         }),
     }),
     "model": S(kind="map", fields={
@@ -173,6 +182,7 @@ SCHEMA = S(kind="map", fields={
         "readiness_s": S(kind="number", minimum=0, exclusive_minimum=True, default=3600),
         "stage_s": S(kind="number", minimum=0, exclusive_minimum=True, default=3600),
         "teardown_s": S(kind="number", minimum=0, exclusive_minimum=True, default=10),
+        "pointer_s": S(kind="number", minimum=0, exclusive_minimum=True, default=120),
     }),
     "heartbeat_s": S(kind="number", minimum=0, exclusive_minimum=True, default=60),
 })
@@ -278,6 +288,8 @@ def _check_map(spec: Spec, value: Any, path: KeyPath, doc: Located) -> dict:
             raise _fail(doc, path + (key,), _unknown_key_message(key, spec))
     for key, sub in spec.fields.items():
         if key not in out:
+            if sub.required:
+                raise _fail(doc, path, f"missing required key '{key}'")
             out[key] = defaults(sub)
     return out
 

@@ -89,11 +89,15 @@ def prometheus_context(desired: Desired) -> dict:
 
 
 def desired_files(desired: Desired) -> list[DesiredFile]:
-    from .state_layout import PROMETHEUS_CONFIG, TEMPLATED_FILES
+    """The rendered files of this host: the Prometheus config, and the
+    container's init script when sglprep provides the entrypoint."""
+    from . import __version__
+    from .state_layout import INIT_SCRIPT, PROMETHEUS_CONFIG
 
-    contexts = {PROMETHEUS_CONFIG: prometheus_context(desired)}
-    out = []
-    for rel, template in TEMPLATED_FILES.items():
-        source = read_bytes(template_path(template))
-        out.append(DesiredFile(rel=rel, template=template, source=source, context=contexts[rel]))
-    return out
+    wanted = [(PROMETHEUS_CONFIG, "prometheus.yml.j2", prometheus_context(desired))]
+    runtime = desired.data["runtime"]
+    if runtime["kind"] == "docker" and runtime["container"]["entrypoint"] == "sglprep" and \
+            runtime["container"]["state"] == "running":
+        wanted.append((INIT_SCRIPT, "init-run.sh.j2", {"sglprep_version": __version__}))
+    return [DesiredFile(rel=rel, template=template, source=read_bytes(template_path(template)), context=context)
+            for rel, template, context in wanted]

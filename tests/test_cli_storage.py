@@ -48,7 +48,8 @@ def host():
     (tmp_path / "s.yaml").write_text(
         f"version: 1\nstorage:\n  root: {base}/root\n{owner_line}server:\n  port: {free_port()}\n"
         "timeouts:\n  lock_s: 1\nheartbeat_s: 0.2\n"
-        "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n")
+        "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n"
+        "runtime: {kind: local}\n")
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
 
@@ -81,12 +82,12 @@ def test_empty_root_plan_apply_converge_reapply(host):
     creates = re.findall(r"^  \+ (\w+)\s+(\S+)", proc.stdout, re.M)
     assert [n for t, n in creates if t == "directory"] == list(DIRECTORIES)
     assert ("file", "telemetry/prometheus/prometheus.yml") in creates
-    assert "Plan: 16 to create." in proc.stdout
+    assert "Plan: 17 to create." in proc.stdout
     assert sglprep("-f", "s.yaml", "plan", "--detailed-exitcode", cwd=host).returncode == 2
 
     proc = sglprep("-f", "s.yaml", "apply", cwd=host)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Apply complete: 16 changed, 0 unchanged, 0 failed, 0 skipped." in proc.stdout
+    assert "Apply complete: 17 changed, 0 unchanged, 0 failed, 0 skipped." in proc.stdout
     root = root_of(host)
     files = tree(root)
     for rel in DIRECTORIES:
@@ -112,12 +113,12 @@ def test_apply_json_report_and_session_log(host):
     proc = sglprep("-f", "s.yaml", "apply", "--json", cwd=host)
     assert proc.returncode == 0
     doc = json.loads(proc.stdout)
-    assert doc["summary"] == {"changed": 16, "unchanged": 0, "failed": 0, "skipped": 0}
-    assert doc["plan"]["summary"]["create"] == 16
+    assert doc["summary"] == {"changed": 17, "unchanged": 0, "failed": 0, "skipped": 0}
+    assert doc["plan"]["summary"]["create"] == 17
     log = Path(doc["log_file"])
     assert log.parent == root_of(host) / "telemetry/logs"
     lines = log.read_text().splitlines()
-    assert sum(" RESULT " in ln for ln in lines) == 16 and " APPLY_END " in lines[-1]
+    assert sum(" RESULT " in ln for ln in lines) == 17 and " APPLY_END " in lines[-1]
 
 
 def test_saved_plan_applies_and_stale_plan_is_refused(host):
@@ -139,7 +140,7 @@ def test_saved_plan_applies_and_stale_plan_is_refused(host):
     assert sglprep("-f", "s.yaml", "plan", "-o", "p2.json", cwd=host).returncode == 0
     proc = sglprep("-f", "s.yaml", "apply", "p2.json", cwd=host)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "15 changed" in proc.stdout  # models existed already
+    assert "16 changed" in proc.stdout  # models existed already
 
 
 def test_state_change_makes_saved_plan_stale(host):
@@ -308,7 +309,7 @@ def test_textfile_metrics_parse_and_are_atomic(host):
     assert os.listdir(textdir) == ["sglprep.prom"]
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(path.read_text()) for s in fam.samples}
-    assert samples[("sglprep_drift_changes", (("action", "create"), ("host", "localhost")))] == 16
+    assert samples[("sglprep_drift_changes", (("action", "create"), ("host", "localhost")))] == 17
     assert samples[("sglprep_drift_changes", (("action", "blocked"), ("host", "localhost")))] == 0
     assert samples[("sglprep_plan_success", (("host", "localhost"),))] == 1
     assert abs(samples[("sglprep_last_plan_timestamp_seconds", (("host", "localhost"),))] - time.time()) < 60
@@ -318,7 +319,7 @@ def test_json_plan_is_the_only_stdout(host):
     proc = sglprep("plan", "--json", "-f", "s.yaml", cwd=host)
     doc = json.loads(proc.stdout)
     assert set(doc) >= {"format_version", "host", "state_file", "fingerprint", "summary", "changes"}
-    assert doc["summary"] == {"create": 16, "update": 0, "replace": 0, "delete": 0, "run": 0, "noop": 8,
+    assert doc["summary"] == {"create": 17, "update": 0, "replace": 0, "delete": 0, "run": 0, "noop": 8,
                               "blocked": 0}
     change = next(c for c in doc["changes"] if c["address"] == "directory:profiles/flashinfer")
     assert change["action"] == "create" and change["reason"] == "missing"

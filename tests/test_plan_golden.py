@@ -20,7 +20,8 @@ from reconcile.state_templates import desired_files
 
 GOLDEN = Path(__file__).parent / "golden"
 STATE = (f"version: 1\nstorage:\n  root: {ROOT}\nserver:\n  port: 30000\n"
-         "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n")
+         "caches: {deep_gemm: skip, moe_tune: skip, flashinfer: skip, inductor: skip}\n"
+         "runtime: {kind: local}\n")
 
 
 @pytest.fixture
