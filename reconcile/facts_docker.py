@@ -6,7 +6,6 @@ to the engine's unix socket with the stdlib. Apply uses the SDK.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import NamedTuple
 
@@ -52,6 +51,7 @@ class EngineAPI:
 
     def get(self, path: str) -> tuple[int, object]:
         import http.client
+        import json
         import socket
 
         class UnixConnection(http.client.HTTPConnection):
