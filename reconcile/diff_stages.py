@@ -87,9 +87,9 @@ def signature_delta(old: dict, new: dict) -> list[str]:
     return out
 
 
-def stage_depends(stage: str, port: int) -> tuple:
+def stage_depends(stage: str, port: int, container: str = "") -> tuple:
     deps = [f"directory:{CACHE_DIRS[stage]}", "directory:profiles/.locks", "directory:profiles/.in_progress",
-            "check:runtime", "check:free_disk"]
+            "check:runtime", "check:free_disk"] + ([f"container:{container}"] if container else [])
     if stage in SERVER_STAGES:
         deps += ["check:gpu_count", "check:model", "check:server_flags", f"port:{port}",
                  "directory:telemetry/container_runs", "directory:telemetry/logs"]
@@ -100,18 +100,20 @@ def stage_depends(stage: str, port: int) -> tuple:
 
 def diff_stage(stage: str, mode: str, want: dict, runtime: RuntimeFacts, sig: SignatureFact,
                marker: LockFact | None, hostname: str, port: int, cache_problem: str = "",
-               option_problem: str = "") -> Change:
+               option_problem: str = "", container: str = "") -> Change:
     """`stage:<name>`. `cache_problem`: a host-side reason the cache will
     rebuild although its signature matches (FlashInfer sources touched, cache
     moved). `option_problem`: the stage's options cannot work (blocked)."""
     address = f"stage:{stage}"
-    depends = stage_depends(stage, port) if mode != "skip" else ()
+    depends = stage_depends(stage, port, container) if mode != "skip" else ()
     before = sig.signature if sig.kind == "ok" else None
     observed = {"mode": mode, "signature": sig.kind, "stored": before,
                 "marker": marker.owner_pid if marker else None, "cache_problem": cache_problem}
     common = dict(depends_on=depends, before=before, after=want if mode != "skip" else None, observed=observed)
     if mode == "skip":
         return Change(address, "noop", "skipped", f"skipped (caches.{stage}: skip)", show=False, **common)
+    if runtime.status == "pending" and not option_problem:
+        return Change(address, "run", "container_pending", runtime.problem, **common)
     if runtime.status != "ok":
         return Change(address, "blocked", "runtime_unavailable", f"{runtime.problem} (see check:runtime)", **common)
     if option_problem:
@@ -145,6 +147,8 @@ def diff_stage(stage: str, mode: str, want: dict, runtime: RuntimeFacts, sig: Si
 def diff_runtime(runtime: RuntimeFacts, python: str, kind: str) -> Change:
     observed = {"status": runtime.status, "problem": runtime.problem, **runtime.signature(),
                 "flashinfer": runtime.version("flashinfer"), "deep_gemm": runtime.version("deep_gemm")}
+    if runtime.status == "pending":
+        return Change("check:runtime", "noop", "pending", runtime.problem, observed=observed)
     if runtime.status != "ok":
         fix = ("install sglang in that interpreter or set runtime.python" if "sglang" in runtime.problem
                else "run on a GPU host (or skip the cache stages)")

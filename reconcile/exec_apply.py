@@ -141,23 +141,48 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         return report
 
     log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"))
+    executors = {"container": None}
+    if ctx.runtime_kind == "docker":
+        from .exec_docker import ContainerExecutor
+        from .plan import desired_container
+
+        want, want_hash = desired_container(desired, ctx)
+        executors["container"] = ContainerExecutor(desired, ctx, want, want_hash, environ, say)
     storage = StorageExecutor(desired, ctx, environ)
-    stages = StagesExecutor(plan, desired, ctx, log, report.run_id, progress, environ) \
-        if any(c.type == "stage" for c in todo) else None
+    wants_stages = any(c.type == "stage" for c in todo)
+    stages: StagesExecutor | None = None
     status: dict = {}
+
+    def stage_executor() -> StagesExecutor:
+        """Created at the first stage: with a container, its run (id and
+        session log) comes from the manifest it has just published."""
+        nonlocal stages, log
+        if stages is None:
+            if ctx.runtime_kind == "docker":
+                run_id, log_path = _container_run(ctx, environ)
+                if run_id:
+                    report.run_id = run_id
+                    log = SessionLog(log_path)
+            stages = StagesExecutor(plan, desired, ctx, log, report.run_id, progress, environ)
+        return stages
 
     def run(change) -> None:
         failed_dep = next((d for d in change.depends_on if status.get(d) in (FAILED, SKIPPED)), None)
         if failed_dep:
             result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
-            if change.type == "stage" and stages is not None:
-                stages.skip(change, result.message)
-        else:
-            if change.type == "stage" and not _open_log(log, ctx, report):
+            if change.type == "stage":
+                stage_executor().skip(change, result.message)
+        elif change.type == "stage":
+            executor = stage_executor()
+            if not _open_log(log, ctx, report):
                 result = Result(change.address, change.action, FAILED, "cannot open the session log",
                                 "permissions_unexpected")
             else:
-                result = (stages if change.type == "stage" else storage).execute(change)
+                result = executor.execute(change)
+        elif change.type == "container":
+            result = executors["container"].execute(change)
+        else:
+            result = storage.execute(change)
         status[change.address] = result.status
         report.results.append(result)
 
@@ -176,6 +201,8 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         report.finished_at = utc_now_iso()
         failed = any(r.status in (FAILED, SKIPPED) for r in report.results)
         report.exit_code = EXIT_ERROR if failed else EXIT_OK
+        if wants_stages and stages is None:
+            stage_executor()
         if stages is not None and _open_log(log, ctx, report):
             report.result_json, report.result_status, stage_code = stages.finish()
             if stage_code:
@@ -184,6 +211,20 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         log.close()
         lock.release()
     return report
+
+
+def _container_run(ctx: Context, environ) -> tuple[str, str]:
+    """(run id, host path of the session log) from the pointer's manifest."""
+    from .state_layout import POINTER
+
+    fact = HostFacts(environ).pointer(ctx.path(POINTER), "/telemetry", ctx.path("telemetry"))
+    if fact.kind != "ok" or not fact.manifest_exists:
+        return "", ""
+    run_id = str(fact.manifest.get("container_run_id", ""))
+    log = str((fact.manifest.get("paths", {}).get("container", {}) or {}).get("log_file", ""))
+    if log.startswith("/telemetry/"):
+        log = ctx.path("telemetry/" + log[len("/telemetry/"):])
+    return run_id, log or ctx.path(f"{LOGS_DIR}/sglprep-{run_id}.log")
 
 
 def _open_log(log: SessionLog, ctx: Context, report: ApplyReport) -> bool:

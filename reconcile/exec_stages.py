@@ -118,6 +118,7 @@ class StageRunner:
         self.slug = desired.model_slug
         self.moe_ready = False  # set once SGLANG_MOE_CONFIG_DIR holds tuned configs
         self.runtime_environ = getattr(runtime, "environ", None)
+        self.flags_checked = True  # the plan's check:server_flags ran; StagesExecutor clears it otherwise
         self.telemetry: list = []
 
     # ------------------------------------------------------------ helpers
@@ -150,6 +151,9 @@ class StageRunner:
         lock_held = False
         try:
             with Heartbeat(self.log, stage, self.data["heartbeat_s"], self.say) as beat:
+                if stage in SERVER_STAGES and not self.flags_checked:
+                    beat.set("check_flags")
+                    self._validate_flags(stage)
                 beat.set("wait_lock")
                 self._acquire_lock(stage, beat)
                 lock_held = True
@@ -186,6 +190,26 @@ class StageRunner:
                               status=out.status, duration_s=round(out.duration_s, 3),
                               **({"error_type": out.error_type} if out.error_type else {}))
         return out
+
+    def _validate_flags(self, stage: str) -> None:
+        """The plan could not ask the runtime's parser (the container was not up):
+        ask it now, before any GPU time."""
+        from .facts_stages import validate_server_flags
+
+        argv = server_argv(stage, self.data, self.data["model"]["path"], stage_timeout(self.data, stage))
+        if self.ctx.runtime_kind == "docker":
+            from .exec_docker import docker_prober
+
+            prober = docker_prober(self.runtime.container, self.ctx.owner.uid, self.ctx.owner.gid,
+                                   self.runtime.base_env(), self.runtime_environ)
+        else:
+            from .facts_runtime import local_prober
+
+            prober = local_prober(self.runtime.base_env(), self.ctx.owner.uid, self.ctx.owner.gid)
+        error = validate_server_flags(self.runtime.python, prober, {stage: argv}).get(stage, "")
+        if error:
+            raise StageFailed("flags_rejected", f"sglang {self.rt.version('sglang')} rejects the {stage} server "
+                              f"flags: {error}")
 
     # ------------------------------------------------------------ lock, marker, preflight
     def _acquire_lock(self, stage: str, beat: Heartbeat) -> None:
@@ -464,7 +488,8 @@ class StageRunner:
                 argv = [self.runtime.python, opts["script"], "--model", self.data["model"]["path"],
                         "--tp-size", str(self.data["tp"]), "--dtype", opts["dtype"], "--batch-size", str(batch),
                         "--tune", *opts["tuner_args"]]
-                rc, produced = self._run_tuner(argv, work, stage_timeout(self.data, "moe_tune"))
+                rc, produced = self._run_tuner(argv, work, self.rpath(f"profiles/moe_configs/.work-{self.run_id}"),
+                                               stage_timeout(self.data, "moe_tune"))
                 runs.append({"batch_size": batch, "exit_code": rc, "files": sorted(produced)})
                 if rc != 0:
                     raise StageFailed("tuner_execution_error", f"tuner exited {rc} for batch size {batch}",
@@ -505,11 +530,12 @@ class StageRunner:
             shutil.copytree(src, dest, copy_function=shutil.copyfile)
         os.makedirs(dest, exist_ok=True)
 
-    def _run_tuner(self, argv: list, cwd: str, timeout: float) -> tuple[int, list]:
+    def _run_tuner(self, argv: list, cwd: str, runtime_cwd: str, timeout: float) -> tuple[int, list]:
+        """Run the tuner in `runtime_cwd` (the runtime's view of host dir `cwd`)."""
         before = set(os.listdir(cwd))
         sink = self._sink()
         try:
-            proc = self.runtime.spawn(argv, self.env("moe_tune"), sink, cwd=cwd)
+            proc = self.runtime.spawn(argv, self.env("moe_tune"), sink, cwd=runtime_cwd)
         except OSError as exc:
             raise StageFailed("tuner_execution_error", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         rc = proc.wait(timeout)
@@ -529,7 +555,7 @@ class StageRunner:
             version, cap = self.rt.version("flashinfer"), self.rt.gpus[0].compute_cap
             host_ops = flashinfer_cached_ops(self.ctx.path("profiles"), version, cap)
             modules = flashinfer_modules(host_ops, flashinfer_cached_ops(self.rpath("profiles"), version, cap),
-                                         self.rt.ninja or None)
+                                         self.rt.ninja if self.ctx.runtime_kind == "local" else None)
             problem = flashinfer_cache_problem(modules, self.rt.flashinfer_data_newest_mtime)
             evidence = {"method": "host-side: .so present, `ninja -n` has no work, build.ninja names its dir",
                         "cached_ops": host_ops, "modules": [m._asdict() for m in modules], "ok": not problem}
@@ -625,19 +651,28 @@ class StagesExecutor:
 
     def _runner(self) -> StageRunner:
         if self.runner is None:
-            from .exec_runtime import LocalRuntime
             from .plan import runtime_facts
 
             data = self.desired.data
             facts = HostFacts(self.environ)
-            rt = runtime_facts(self.desired, facts, self.ctx)
-            home = facts.home_of(self.ctx.owner.uid) if self.ctx.owner.uid != os.geteuid() else \
-                facts.identity().home
-            runtime = LocalRuntime(data["runtime"]["python"], data["runtime"]["env"], self.ctx.owner.uid,
-                                   self.ctx.owner.gid, home if home and os.path.isdir(home) else "/tmp",
-                                   self.environ)
+            rt = runtime_facts(self.desired, facts, self.ctx)  # probed now: the container is up by this point
+            if self.ctx.runtime_kind == "docker":
+                from .exec_docker import DockerRuntime
+
+                runtime = DockerRuntime(data["runtime"]["container"]["name"], data["runtime"]["python"],
+                                        data["runtime"]["env"], self.ctx.owner.uid, self.ctx.owner.gid,
+                                        self.environ)
+            else:
+                from .exec_runtime import LocalRuntime
+
+                home = facts.home_of(self.ctx.owner.uid) if self.ctx.owner.uid != os.geteuid() else \
+                    facts.identity().home
+                runtime = LocalRuntime(data["runtime"]["python"], data["runtime"]["env"], self.ctx.owner.uid,
+                                       self.ctx.owner.gid, home if home and os.path.isdir(home) else "/tmp",
+                                       self.environ)
             self.runner = StageRunner(self.desired, self.ctx, runtime, rt, self.log, self.run_id, self.progress)
             self.runner.moe_ready = self._moe_ready()
+            self.runner.flags_checked = self.plan.find("check:server_flags") is not None
         return self.runner
 
     def _moe_ready(self) -> bool:

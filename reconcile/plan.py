@@ -238,9 +238,10 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: C
         sig = facts.signature(sig_path) if modes[stage] != "skip" else SignatureFact(sig_path, "missing")
         stages.append(diff_stage(stage, modes[stage], want, runtime, sig,
                                  marker if marker.kind != "missing" else None, ctx.hostname, port,
-                                 cache_problem, option_problem))
+                                 cache_problem, option_problem,
+                                 data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""))
     running = [c.name for c in stages if c.action == "run" and c.name in SERVER_STAGES]
-    if running:
+    if running and runtime.status == "ok":  # pending: apply validates them once the container runs
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
                  for stage in running}
         if ctx.runtime_kind == "docker":
