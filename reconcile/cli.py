@@ -23,7 +23,8 @@ EXIT_CODES_HELP = """exit codes:
   any     4 another apply holds the run lock past timeouts.lock_s
 """
 
-RENDERABLE = ("prometheus.yml",)
+RENDERABLE = ("prometheus.yml", "init-run.sh", "crontab", "systemd", "sglprep-plan.service", "sglprep-plan.timer")
+DEFAULT_TEXTFILE = "/var/lib/node_exporter/textfile_collector/sglprep.prom"
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="print a rendered template")
     _global_options(p, suppress=True)
     p.add_argument("template", choices=RENDERABLE, metavar="TEMPLATE", help=", ".join(RENDERABLE))
+    p.add_argument("--textfile", default=DEFAULT_TEXTFILE, metavar="PATH",
+                   help=f"crontab/systemd: where plan writes its metrics (default {DEFAULT_TEXTFILE})")
+    p.add_argument("--schedule", default="17 3 * * *", help="crontab: the schedule (default: nightly at 03:17)")
+    p.add_argument("--on-calendar", default="*-*-* 03:17:00", help="systemd timer OnCalendar= (default nightly)")
+    p.add_argument("--randomized-delay", type=int, default=900, metavar="SECONDS",
+                   help="systemd timer RandomizedDelaySec= (default 900)")
+    p.add_argument("--user", help="crontab/systemd: the user the plan runs as (default: the invoking user)")
     return parser
 
 
@@ -233,14 +241,48 @@ def cmd_validate(args) -> int:
 
 
 def cmd_render(args) -> int:
-    desired = _load(args)
-    if args.template == "prometheus.yml":
-        from .state_layout import PROMETHEUS_CONFIG
-        from .state_templates import desired_files
+    from .state_templates import desired_files, render_template, schedule_context
 
-        want = next(f for f in desired_files(desired) if f.rel == PROMETHEUS_CONFIG)
-        sys.stdout.write(want.render())
+    desired = _load(args)
+    if args.template in ("prometheus.yml", "init-run.sh"):
+        from .state_layout import INIT_SCRIPT, PROMETHEUS_CONFIG
+
+        rel = PROMETHEUS_CONFIG if args.template == "prometheus.yml" else INIT_SCRIPT
+        found = [f for f in desired_files(desired) if f.rel == rel]
+        if not found:
+            raise InputError(desired.state_file, None, "runtime.container.entrypoint",
+                             "init-run.sh is rendered only for runtime.kind: docker with entrypoint: sglprep")
+        sys.stdout.write(found[0].render())
+        return EXIT_OK
+    import getpass
+
+    context = schedule_context(desired, _self_argv(), args.user or getpass.getuser(), args.textfile,
+                               args.schedule, args.on_calendar, args.randomized_delay)
+    if args.template == "crontab":
+        sys.stdout.write(render_template("crontab.j2", context))
+    elif args.template == "systemd":
+        for unit in ("sglprep-plan.service", "sglprep-plan.timer"):
+            sys.stdout.write(render_template(f"{unit}.j2", context) + "\n")
+    else:
+        sys.stdout.write(render_template(f"{args.template}.j2", context))
     return EXIT_OK
+
+
+def _self_argv() -> list:
+    """How cron or systemd should start this sglprep: its console script, or
+    this interpreter with `-m reconcile`."""
+    import os
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "sglprep" and os.path.isfile(argv0):
+        return [os.path.abspath(argv0)]
+    found = shutil.which("sglprep")
+    if found:
+        return [os.path.abspath(found)]
+    # a source checkout: the package is found through PYTHONPATH, set explicitly
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return ["/usr/bin/env", f"PYTHONPATH={package_parent}", sys.executable, "-m", "reconcile"]
 
 
 COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render}

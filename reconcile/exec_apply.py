@@ -136,8 +136,9 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
                          started_at=utc_now_iso())
     selected = _select(plan, only)
     todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
-    if not todo:  # a converged host: take no lock, write nothing
+    if not todo:  # a converged host: take no lock, write nothing (but a missing or outdated record)
         report.finished_at = utc_now_iso()
+        _record_if_outdated(plan, desired, ctx, report, environ)
         return report
 
     log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"))
@@ -209,8 +210,41 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
                 report.exit_code = stage_code
         _journal(report, ctx, log)
         log.close()
+        _record_apply(desired, ctx, report, environ)
         lock.release()
     return report
+
+
+def _record_if_outdated(plan: Plan, desired: Desired, ctx: Context, report: ApplyReport, environ) -> None:
+    from .plan import plan_intents
+    from .state_layout import LAST_APPLY
+
+    record = HostFacts(environ).last_apply(ctx.path(LAST_APPLY))
+    if record.kind != "ok" or record.intents != plan_intents(plan):
+        _record_apply(desired, ctx, report, environ)
+
+
+def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, environ) -> None:
+    """telemetry/sglprep/last-apply.json: the applied desired state, each
+    resource's intent and the facts after the apply, written atomically.
+    Later plans classify drift against it (corrective vs intentional)."""
+    from .journal import atomic_write_json
+    from .plan import build_plan, plan_intents
+    from .state_layout import LAST_APPLY
+
+    path = ctx.path(LAST_APPLY)
+    if not os.path.isdir(os.path.dirname(path)):
+        return
+    after = build_plan(desired, HostFacts(environ), own_pid=os.getpid())
+    doc = {"format_version": "1", "host": desired.host, "applied_at": report.finished_at, "run_id": report.run_id,
+           "state_file": desired.state_file, "sources_sha": desired.sources_sha, "exit_code": report.exit_code,
+           "desired": desired.data, "intents": plan_intents(after),
+           "facts": {c.address: c.observed for c in after.changes}}
+    try:
+        with as_owner(ctx.owner.uid, ctx.owner.gid):
+            atomic_write_json(path, doc)
+    except OSError:
+        pass
 
 
 def _container_run(ctx: Context, environ) -> tuple[str, str]:

@@ -102,6 +102,14 @@ class PointerFact(NamedTuple):
     error: str = ""
 
 
+class LastApplyFact(NamedTuple):
+    """`telemetry/sglprep/last-apply.json`: what the last apply left."""
+
+    kind: str  # missing | ok | unparseable
+    applied_at: float = 0.0
+    intents: dict = {}  # address -> intent (the desired side of each resource)
+
+
 class PortFact(NamedTuple):
     port: int
     state: str  # free | busy
@@ -292,6 +300,21 @@ class HostFacts:
 
         return self._cached(("flashinfer", cached_ops, runtime_cached_ops, ninja),
                             lambda: flashinfer_modules(cached_ops, runtime_cached_ops, ninja))
+
+    def last_apply(self, path: str) -> LastApplyFact:
+        def compute():
+            import json
+
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    data = json.load(fh)
+                return LastApplyFact(kind="ok", applied_at=float(parse_iso(data.get("applied_at", "")) or 0.0),
+                                     intents=dict(data.get("intents") or {}))
+            except (FileNotFoundError, NotADirectoryError):
+                return LastApplyFact(kind="missing")
+            except (OSError, ValueError, TypeError, AttributeError):
+                return LastApplyFact(kind="unparseable")
+        return self._cached(("last_apply", path), compute)
 
     def free_disk(self, path: str) -> DiskFact:
         def compute():

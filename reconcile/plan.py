@@ -22,7 +22,7 @@ from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem
 from .plan_model import Change, Plan
-from .state_layout import (DIRECTORIES, INIT_SCRIPT, LOCKS_DIR, MARKERS_DIR, POINTER, lock_path,
+from .state_layout import (DIRECTORIES, INIT_SCRIPT, LAST_APPLY, LOCKS_DIR, MARKERS_DIR, POINTER, lock_path,
                            marker_path)
 from .state_load import Desired
 from .state_container import config_hash, container_config
@@ -258,6 +258,40 @@ def stage_timeout(data: dict, stage: str) -> float:
     return data["caches"][stage].get("timeout_s") or data["timeouts"]["stage_s"]
 
 
+RUNTIME_SIGNATURE_KEYS = frozenset(RuntimeFacts(status="").signature()) | {"deep_gemm_version", "flashinfer_version"}
+
+
+def change_intent(change: Change):
+    """The desired side of a resource, as last-apply.json records it. None for
+    resources that are only host facts (locks, markers, pointer, port, checks):
+    a change to those is always corrective."""
+    if change.type == "directory":
+        return (change.after or {}).get("owner")
+    if change.type == "file":
+        return (change.observed or {}).get("render_key")
+    if change.type == "container":
+        return (change.after or {}).get("config_hash", "absent")
+    if change.type == "stage":
+        want = {k: v for k, v in (change.after or {}).items() if k not in RUNTIME_SIGNATURE_KEYS}
+        return {"mode": (change.observed or {}).get("mode"), **want}
+    return None
+
+
+def classify(change: Change, record) -> str:
+    """corrective: the host moved away from what the last apply left;
+    intentional: the desired state asks for something new."""
+    intent = change_intent(change)
+    if intent is None:
+        return "corrective"
+    if record.kind != "ok" or change.address not in record.intents:
+        return "intentional"
+    return "corrective" if record.intents[change.address] == intent else "intentional"
+
+
+def plan_intents(plan: Plan) -> dict:
+    return {c.address: i for c in plan.changes if (i := change_intent(c)) is not None}
+
+
 def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -> Plan:
     """The plan for `desired` on this host. `own_pid`: a lock held by this pid
     (apply's own run lock) is not a resource to act on."""
@@ -281,11 +315,13 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     changes[checks_end:checks_end] = stage_checks
     changes += stages
     known = {c.address for c in changes}
-    changes = [c._replace(depends_on=tuple(d for d in c.depends_on if d in known)) for c in changes]
+    record = facts.last_apply(ctx.path(LAST_APPLY))
+    changes = [c._replace(depends_on=tuple(d for d in c.depends_on if d in known),
+                          cause=classify(c, record) if c.action != "noop" else "") for c in changes]
     parts = [__version__, desired.sources_sha, desired.host,
              [[c.address, c.action, c.observed] for c in changes]]
     warnings = list(desired.warnings)
     for change in changes:
         warnings.extend(change.warnings)
     return Plan(host=desired.host, state_file=desired.state_file, changes=changes, warnings=warnings,
-                fingerprint_parts=parts)
+                fingerprint_parts=parts, last_apply_at=record.applied_at if record.kind == "ok" else None)

@@ -29,6 +29,7 @@ class Change(NamedTuple):
     diff: str = ""  # unified diff, for files
     show: bool = True  # a noop worth printing (it carries information)
     warnings: tuple = ()
+    cause: str = ""  # corrective (the host moved away from the last apply) | intentional (the state changed)
 
     @property
     def type(self) -> str:
@@ -61,6 +62,8 @@ class Change(NamedTuple):
             "before": self.before,
             "after": self.after,
         }
+        if self.cause:
+            out["cause"] = self.cause
         if self.diff:
             out["diff"] = self.diff
         if self.warnings:
@@ -72,7 +75,7 @@ class Change(NamedTuple):
         return cls(address=data["address"], action=data["action"], reason=data.get("reason", ""),
                    message=data.get("message", ""), depends_on=tuple(data.get("depends_on", ())),
                    before=data.get("before"), after=data.get("after"), diff=data.get("diff", ""),
-                   warnings=tuple(data.get("warnings", ())))
+                   warnings=tuple(data.get("warnings", ())), cause=data.get("cause", ""))
 
 
 class Plan:
@@ -80,8 +83,10 @@ class Plan:
     `fingerprint_parts` on first use (a text plan never needs it)."""
 
     def __init__(self, host: str, state_file: str, fingerprint: str | None = None, changes: list | None = None,
-                 warnings: list | None = None, fingerprint_parts: list | None = None):
+                 warnings: list | None = None, fingerprint_parts: list | None = None,
+                 last_apply_at: float | None = None):
         self.host, self.state_file = host, state_file
+        self.last_apply_at = last_apply_at  # epoch of the last apply's record, None when there is none
         self._fingerprint = fingerprint
         self._parts = fingerprint_parts
         self.changes = changes if changes is not None else []
@@ -100,6 +105,14 @@ class Plan:
         counts = dict.fromkeys(ACTIONS, 0)
         for change in self.changes:
             counts[change.action] += 1
+        return counts
+
+    def causes(self) -> dict:
+        """Changes (blocked included) by cause: corrective | intentional."""
+        counts = {"corrective": 0, "intentional": 0}
+        for change in self.changes:
+            if change.action != "noop" and change.cause in counts:
+                counts[change.cause] += 1
         return counts
 
     @property
@@ -124,6 +137,8 @@ class Plan:
             "state_file": self.state_file,
             "fingerprint": self.fingerprint,
             "summary": self.summary(),
+            "causes": self.causes(),
+            "last_apply_at": self.last_apply_at,
             "changes": [c.to_json() for c in self.changes],
             "warnings": list(self.warnings),
         }
@@ -132,7 +147,7 @@ class Plan:
     def from_json(cls, data: dict) -> "Plan":
         return cls(host=data["host"], state_file=data["state_file"], fingerprint=data["fingerprint"],
                    changes=[Change.from_json(c) for c in data["changes"]],
-                   warnings=list(data.get("warnings", ())))
+                   warnings=list(data.get("warnings", ())), last_apply_at=data.get("last_apply_at"))
 
     def render_compact(self) -> str:
         """Deterministic one-line-per-change form, for tests (compose's Plan.String())."""

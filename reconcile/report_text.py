@@ -51,7 +51,9 @@ def summary_line(plan: Plan) -> str:
     parts = [f"{counts[a]} {SUMMARY_WORDS[a]}" for a in SUMMARY_WORDS if counts[a]]
     if not parts:
         return f"No changes. {plan.host} matches {plan.state_file}."
-    return "Plan: " + ", ".join(parts) + "."
+    causes = plan.causes()
+    why = ", ".join(f"{n} {cause}" for cause, n in causes.items() if n)
+    return "Plan: " + ", ".join(parts) + "." + (f" ({why})" if why else "")
 
 
 def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
@@ -61,7 +63,8 @@ def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
     for c in shown:
         style = STYLES[c.action]
         w.line((f"  {SYMBOLS[c.action]} ", style), (f"{c.type:<9}  ", ""), (f"{c.name:<{name_width}} ", ""),
-               (c.text(), style if c.action != "noop" else "dim"))
+               (c.text(), style if c.action != "noop" else "dim"),
+               (f" [{c.cause}]" if c.cause and c.action != "noop" else "", "dim"))
         for diff_line in c.diff.splitlines():
             diff_style = "green" if diff_line.startswith("+") else "red" if diff_line.startswith("-") else "dim"
             w.line((f"      {diff_line}", diff_style))

@@ -7,6 +7,7 @@ from .journal import atomic_write
 from .plan_model import Plan
 
 DRIFT_ACTIONS = ("create", "update", "replace", "delete", "run", "blocked")
+CAUSES = ("corrective", "intentional")
 
 
 def _label(value: str) -> str:
@@ -27,9 +28,19 @@ def render_metrics(host: str, plan: Plan | None, now: float | None = None) -> st
     ]
     if plan is not None:
         counts = plan.summary()
-        lines += ["# HELP sglprep_drift_changes Changes the last plan found, by action.",
+        by = {(a, c): 0 for a in DRIFT_ACTIONS for c in CAUSES}
+        for change in plan.changes:
+            if change.action in DRIFT_ACTIONS and change.cause in CAUSES:
+                by[(change.action, change.cause)] += 1
+        lines += ["# HELP sglprep_drift_changes Changes the last plan found, by action and cause (corrective: the "
+                  "host moved away from the last apply; intentional: the desired state changed).",
                   "# TYPE sglprep_drift_changes gauge"]
-        lines += [f'sglprep_drift_changes{{host="{h}",action="{a}"}} {counts[a]}' for a in DRIFT_ACTIONS]
+        lines += [f'sglprep_drift_changes{{host="{h}",action="{a}",cause="{c}"}} {by[(a, c)]}'
+                  for a in DRIFT_ACTIONS for c in CAUSES]
+        if plan.last_apply_at:
+            lines += ["# HELP sglprep_last_apply_timestamp_seconds Unix time of the last apply that left a record.",
+                      "# TYPE sglprep_last_apply_timestamp_seconds gauge",
+                      f'sglprep_last_apply_timestamp_seconds{{host="{h}"}} {plan.last_apply_at:.3f}']
         lines += ["# HELP sglprep_blocked Changes that need an operator, by resource address.",
                   "# TYPE sglprep_blocked gauge"]
         lines += [f'sglprep_blocked{{host="{h}",address="{_label(c.address)}"}} 1' for c in plan.blocked]

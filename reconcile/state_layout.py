@@ -35,6 +35,7 @@ LOGS_DIR = "telemetry/logs"
 RUNS_DIR = "telemetry/container_runs"
 
 INIT_SCRIPT = "telemetry/sglprep/init-run.sh"
+LAST_APPLY = "telemetry/sglprep/last-apply.json"
 
 # Where each cache stage keeps its artifacts (under profiles/).
 STAGES: tuple[str, ...] = ("deep_gemm", "moe_tune", "flashinfer", "inductor")

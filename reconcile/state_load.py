@@ -59,6 +59,8 @@ class Desired(NamedTuple):
     data: dict
     sources_sha: str  # sha256 over the state file and inventory bytes
     warnings: tuple = ()
+    state_path: str = ""  # the state file read (absolute)
+    inventory_path: str = ""  # the inventory read (absolute; "" when none)
 
     def get(self, dotted_key: str):
         node = self.data
@@ -131,7 +133,8 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
     digest.update(f"\0host\0{limit}".encode())
     return Desired(host=limit, state_file=state_display, inventory_file=inv_display if inv_path else None,
                    data=data, sources_sha="sha256:" + digest.hexdigest(),
-                   warnings=tuple(inventory.warnings))
+                   warnings=tuple(inventory.warnings), state_path=os.path.abspath(state_path),
+                   inventory_path=os.path.abspath(inv_path) if inv_path else "")
 
 
 def _merge_overrides(doc: Located, overrides: dict, origins: dict, prefix: tuple = ()) -> None:

@@ -66,6 +66,7 @@ def render_string(source: str, context: dict, name: str = "<template>") -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                              autoescape=False)
     env.filters["shq"] = lambda value: shlex.quote(str(value))
+    env.filters["sdq"] = systemd_quote
     try:
         return env.from_string(source).render(**context)
     except jinja2.TemplateError as exc:
@@ -73,6 +74,44 @@ def render_string(source: str, context: dict, name: str = "<template>") -> str:
 
         raise InputError(f"templates/{name}", getattr(exc, "lineno", None), None,
                          f"template error: {exc.message if hasattr(exc, 'message') else exc}") from None
+
+
+def systemd_quote(value) -> str:
+    """One word of a systemd ExecStart= line (systemd.service(5) quoting;
+    `%` and `$` escaped so specifiers and variables are not expanded)."""
+    text = str(value).replace("%", "%%").replace("$", "$$")
+    if text and not any(c in text for c in " \t\"'\\;"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def schedule_context(desired: Desired, sglprep_argv: list, user: str, textfile: str, schedule: str,
+                     on_calendar: str, randomized_delay_s: int) -> dict:
+    """Context of the crontab and systemd templates."""
+    import os
+
+    bin_dir = os.path.dirname(sglprep_argv[0])
+    path = ":".join(dict.fromkeys([bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                                   "/sbin", "/bin"]))
+    return {
+        "host": desired.host,
+        "state": desired.state_path,
+        "inventory": desired.inventory_path or os.path.abspath("inventory.yaml"),
+        "sglprep": sglprep_argv[0] if len(sglprep_argv) == 1 else " ".join(sglprep_argv),
+        "sglprep_argv": sglprep_argv,
+        "user": user,
+        "cron_user": f"{user} ",
+        "textfile": textfile,
+        "schedule": schedule,
+        "on_calendar": on_calendar,
+        "randomized_delay_s": randomized_delay_s,
+        "path": path,
+        "lock": "/run/lock/sglprep-plan.lock" if user == "root" else f"/tmp/sglprep-plan.{user}.lock",
+    }
+
+
+def render_template(name: str, context: dict) -> str:
+    return render_string(read_bytes(template_path(name)).decode(), context, name)
 
 
 def prometheus_context(desired: Desired) -> dict:

@@ -19,7 +19,7 @@ class FakeFacts:
                  files: dict | None = None, locks: dict | None = None, markers: dict | None = None,
                  pointer: PointerFact | None = None, ports: dict | None = None, free_bytes: int = 100 << 30,
                  homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
-                 signatures: dict | None = None, model=None, flashinfer: tuple = ()):
+                 signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -35,6 +35,7 @@ class FakeFacts:
         self.signatures = signatures or {}  # rel -> SignatureFact
         self._model = model
         self._flashinfer = flashinfer
+        self._last_apply = last_apply
         self.asked: list = []
 
     def fresh(self):
@@ -113,6 +114,11 @@ class FakeFacts:
 
     def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja) -> tuple:
         return self._flashinfer
+
+    def last_apply(self, path: str):
+        from reconcile.facts_host import LastApplyFact
+
+        return self._last_apply or LastApplyFact(kind="missing")
 
     def free_disk(self, path: str) -> DiskFact:
         return DiskFact(path=self.root, free_bytes=self.free_bytes, total_bytes=500 << 30)

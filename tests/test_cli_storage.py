@@ -309,8 +309,12 @@ def test_textfile_metrics_parse_and_are_atomic(host):
     assert os.listdir(textdir) == ["sglprep.prom"]
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(path.read_text()) for s in fam.samples}
-    assert samples[("sglprep_drift_changes", (("action", "create"), ("host", "localhost")))] == 17
-    assert samples[("sglprep_drift_changes", (("action", "blocked"), ("host", "localhost")))] == 0
+    assert samples[("sglprep_drift_changes", (("action", "create"), ("cause", "intentional"),
+                                              ("host", "localhost")))] == 17
+    assert samples[("sglprep_drift_changes", (("action", "create"), ("cause", "corrective"),
+                                              ("host", "localhost")))] == 0
+    assert samples[("sglprep_drift_changes", (("action", "blocked"), ("cause", "corrective"),
+                                              ("host", "localhost")))] == 0
     assert samples[("sglprep_plan_success", (("host", "localhost"),))] == 1
     assert abs(samples[("sglprep_last_plan_timestamp_seconds", (("host", "localhost"),))] - time.time()) < 60
 
