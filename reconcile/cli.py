@@ -3,6 +3,8 @@
     sglprep [-f STATE] [-i INVENTORY] [--limit HOST] [--json] [--no-color] COMMAND
       plan     [--detailed-exitcode] [-o PLANFILE] [--textfile PATH]
       apply    [PLANFILE] [--only ADDRESS...]
+      inspect  [--sizes]
+      reset    [--cache NAME...] [--match-slug PREFIX] [--older-than DAYS] [--dry-run]
       validate
       render   TEMPLATE
 
@@ -58,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, suppress=True)
     p.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved by `plan -o`; refused if stale")
     p.add_argument("--only", nargs="+", metavar="ADDRESS", help="apply only these addresses (and what they need)")
+
+    p = sub.add_parser("inspect", help="snapshot of the kernel caches (the seeds' `caches inspect`)")
+    _global_options(p, suppress=True)
+    p.add_argument("--sizes", action="store_true", help="also count files, bytes and the newest mtime (one walk)")
+
+    from .plan_caches import CACHES
+
+    p = sub.add_parser("reset", help="delete cache entries (shows them first; --dry-run stops there)")
+    _global_options(p, suppress=True)
+    p.add_argument("--cache", nargs="+", choices=list(CACHES), metavar="NAME",
+                   help=f"caches to reset: {', '.join(CACHES)} (default: all)")
+    p.add_argument("--match-slug", metavar="PREFIX", help="only entries whose name starts with PREFIX (model slugs)")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries whose newest file is older")
+    p.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
 
     p = sub.add_parser("validate", help="parse and validate state and inventory; print the merged desired state")
     _global_options(p, suppress=True)
@@ -285,4 +301,59 @@ def _self_argv() -> list:
     return ["/usr/bin/env", f"PYTHONPATH={package_parent}", sys.executable, "-m", "reconcile"]
 
 
-COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render}
+def cmd_inspect(args) -> int:
+    from .facts_host import HostFacts
+    from .plan import build_plan, resolve_context
+    from .plan_caches import cache_snapshot
+
+    desired = _load(args)
+    facts = HostFacts()
+    plan = build_plan(desired, facts)
+    snapshot = cache_snapshot(plan, facts, resolve_context(desired, facts), desired.model_slug, args.sizes)
+    if args.json:
+        _emit_json(snapshot)
+    else:
+        from .report_text import render_inspect
+
+        render_inspect(snapshot, desired.host, _writer(args))
+    return EXIT_OK
+
+
+def cmd_reset(args) -> int:
+    from .facts_host import HostFacts
+    from .plan import resolve_context
+    from .plan_caches import reset_selection
+
+    if args.older_than is not None and args.older_than < 0:
+        raise InputError(None, None, "--older-than", f"must be >= 0 days, got {args.older_than:g}")
+    desired = _load(args)
+    facts = HostFacts()
+    ctx = resolve_context(desired, facts)
+    entries = reset_selection(ctx, args.cache, args.match_slug, args.older_than)
+    if not args.json:
+        from .report_text import render_reset
+
+        render_reset(entries, desired.host, args.dry_run, _writer(args))
+    if args.dry_run:
+        if args.json:
+            _emit_json({"format_version": "1", "host": desired.host, "dry_run": True,
+                        "would_remove": [e._asdict() for e in entries],
+                        "summary": {"entries": len(entries), "bytes": sum(e.bytes for e in entries)}})
+        return EXIT_OK
+    if owner_problem := ctx.owner.problem:
+        raise InputError(None, None, "storage.owner", owner_problem)
+    from .exec_reset import reset
+
+    report = reset(entries, desired, ctx, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        _emit_json(report)
+    else:
+        sys.stdout.write(f"Reset complete: {report['summary']['entries']} removed, "
+                         f"{report['summary']['errors']} errors.\n")
+        if report["log_file"]:
+            sys.stdout.write(f"Session log: {report['log_file']}\n")
+    return EXIT_ERROR if report["errors"] else EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render,
+            "inspect": cmd_inspect, "reset": cmd_reset}

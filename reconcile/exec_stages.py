@@ -23,7 +23,7 @@ from .exec_privs import as_owner
 from .exec_runtime import Runtime
 from .exec_server import (PROMPT_TOKENS, ServerError, WarmupServer, prometheus_samples, settings_mismatch,
                           sum_metric)
-from .facts_host import HostFacts
+from .facts_host import HostFacts, tree_stats
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem, flashinfer_modules, signature_fact
 from .journal import SessionLog, atomic_write_json, create_exclusive, utc_now_iso
@@ -587,25 +587,8 @@ class StageRunner:
 
 
 def _tree_stats(path: str) -> tuple[int, int]:
-    """(files, bytes) under `path`: one scandir walk."""
-    count = size = 0
-    stack = [path]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False):
-                    count += 1
-                    try:
-                        size += entry.stat(follow_symlinks=False).st_size
-                    except OSError:
-                        pass
-    return count, size
+    stats = tree_stats(path)
+    return stats.files, stats.bytes
 
 
 def _merge_config(src: str, dest: str) -> str:

@@ -110,6 +110,38 @@ class LastApplyFact(NamedTuple):
     intents: dict = {}  # address -> intent (the desired side of each resource)
 
 
+class TreeStats(NamedTuple):
+    files: int
+    bytes: int
+    newest_mtime: float  # 0.0 for an empty or missing tree
+
+
+def tree_stats(path: str) -> TreeStats:
+    """Files, bytes and newest mtime under `path`: one os.scandir walk, no
+    symlinks followed."""
+    count = size = 0
+    newest = 0.0
+    stack = [path]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                count += 1
+                size += st.st_size
+                newest = max(newest, st.st_mtime)
+    return TreeStats(count, size, newest)
+
+
 class PortFact(NamedTuple):
     port: int
     state: str  # free | busy

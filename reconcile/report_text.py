@@ -120,3 +120,49 @@ class StageProgress:
         if self._status is not None:
             self._status.stop()
             self._status = None
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_inspect(snapshot: dict, host: str, w: Writer) -> None:
+    """The cache snapshot as a table (rich on a terminal, aligned text otherwise)."""
+    rows = [("cache", "exists", "valid", "partial", "files", "size", "newest", "reason")]
+    for name, e in snapshot.items():
+        if name == "schema_version":
+            continue
+        rows.append((name, "yes" if e["exists"] else "no", "yes" if e["valid"] else "no",
+                     "yes" if e["partial"] else "no", "-" if e["file_count"] is None else str(e["file_count"]),
+                     _size(e["size_bytes"]), e["latest_mtime_iso"] or "-", e["reason"]))
+    w.line((f"sglprep inspect · {host}", "bold"))
+    if w.color:
+        from rich.table import Table
+
+        table = Table(*rows[0], box=None, header_style="bold")
+        for row in rows[1:]:
+            table.add_row(*row, style="green" if row[2] == "yes" else "yellow")
+        w._console.print(table)
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        w.line(("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip(), ""))
+
+
+def render_reset(entries: list, host: str, dry_run: bool, w: Writer) -> None:
+    w.line((f"sglprep reset · {host}" + (" · dry run" if dry_run else ""), "bold"))
+    from datetime import datetime, timezone
+
+    for e in entries:
+        newest = datetime.fromtimestamp(e.newest_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") \
+            if e.newest_mtime else "-"
+        w.line(("  - ", "red"), ("cache      ", ""), (f"{e.cache}/{e.name}  ", ""),
+               (f"delete: {e.files} files, {_size(e.bytes)}, newest {newest}", "red"))
+    total = sum(e.bytes for e in entries)
+    w.line((f"Reset: {len(entries)} to delete ({_size(total)})." if entries else "Reset: nothing matches.", "bold"))

@@ -1,0 +1,99 @@
+"""Views over the kernel caches: the `inspect` snapshot (the seeds'
+`profile_cache.start` shape) and the `reset` selection. Read-only: they use
+facts and the plan's stage changes, and write nothing."""
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+from .facts_host import HostFacts, tree_stats
+from .plan import Context, signature_path
+from .plan_model import Plan
+from .state_layout import marker_path
+
+# cache name -> (directory under the root, the stage that primes it)
+CACHES = {
+    "triton": ("profiles/triton", "inductor"),
+    "torchinductor": ("profiles/torchinductor", "inductor"),
+    "flashinfer": ("profiles/flashinfer", "flashinfer"),
+    "deep_gemm": ("profiles/deep_gemm", "deep_gemm"),
+    "moe_configs": ("profiles/moe_configs", "moe_tune"),
+}
+SIGNED = {"torchinductor", "flashinfer", "deep_gemm", "moe_configs"}  # hold <slug>/signature.json
+
+
+def iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else None
+
+
+def cache_snapshot(plan: Plan, facts: HostFacts, ctx: Context, slug: str, sizes: bool) -> dict:
+    """`{"schema_version": "1", <cache>: {exists, partial, partial_info, valid,
+    reason, path, size_bytes, file_count, latest_mtime_iso, signature}}`.
+    Sizes (one scandir walk per cache) only when asked."""
+    out: dict = {"schema_version": "1"}
+    for name, (rel, stage) in CACHES.items():
+        path = ctx.path(rel)
+        exists = facts.directory(path).kind == "dir"
+        marker = facts.lock_file(stage, ctx.path(marker_path(stage)))
+        sig = facts.signature(ctx.path(signature_path(stage, slug)))
+        change = plan.find(f"stage:{stage}")
+        partial = marker.kind != "missing"
+        if change is not None and change.reason == "valid_signature":
+            valid, reason = True, "valid_signature"
+        elif change is not None and change.reason == "skipped":
+            valid = sig.kind == "ok" and not partial
+            reason = "stage skipped: signature present, not compared" if valid else (
+                "in_progress_or_aborted" if partial else "no signature")
+        else:
+            valid, reason = False, ("in_progress_or_aborted" if partial else
+                                    change.message if change is not None else "unknown")
+        entry = {"exists": exists, "partial": partial,
+                 "partial_info": {"owner_pid": marker.owner_pid, "started_at": marker.started_at} if partial else None,
+                 "valid": valid, "reason": reason, "path": path, "stage": stage,
+                 "size_bytes": None, "file_count": None, "latest_mtime_iso": None,
+                 "signature": sig.signature if sig.kind == "ok" else None}
+        if sizes and exists:
+            stats = tree_stats(path)
+            entry.update(size_bytes=stats.bytes, file_count=stats.files, latest_mtime_iso=iso(stats.newest_mtime))
+        out[name] = entry
+    return out
+
+
+class ResetEntry(NamedTuple):
+    cache: str
+    name: str  # the entry under the cache dir (a slug dir, a kernel hash dir, a file)
+    path: str
+    files: int
+    bytes: int
+    newest_mtime: float
+
+
+def reset_selection(ctx: Context, caches: list | None, match_slug: str | None, older_than_days: float | None,
+                    now: float | None = None) -> list:
+    """What `reset` would delete: the entries directly under each selected
+    cache dir, filtered by slug prefix and age (newest file older than N days)."""
+    now = time.time() if now is None else now
+    cutoff = now - older_than_days * 86400 if older_than_days is not None else None
+    selected = []
+    for cache in caches or list(CACHES):
+        base = ctx.path(CACHES[cache][0])
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in names:
+            if match_slug is not None and not name.startswith(match_slug):
+                continue
+            path = os.path.join(base, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                stats = tree_stats(path)
+            else:
+                st = os.lstat(path)
+                stats = (1, st.st_size, st.st_mtime)
+            files, size, newest = stats
+            if cutoff is not None and newest and newest >= cutoff:
+                continue
+            selected.append(ResetEntry(cache, name, path, files, size, newest))
+    return selected
