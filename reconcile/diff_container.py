@@ -3,7 +3,6 @@ pure functions of the desired config and the engine's facts."""
 from __future__ import annotations
 
 from .facts_docker import ContainerFact, EngineFact, ImageFact
-from .facts_host import PointerFact
 from .plan_model import Change
 from .state_container import LABEL_CONFIG, LABEL_HASH, LABEL_MANAGED, config_delta
 
@@ -54,34 +53,3 @@ def diff_container(want: dict, want_hash: str, state: str, engine: EngineFact, c
     if cont.status != "running":
         return Change(address, "update", "not_running", f"start ({cont.status})", **common)
     return Change(address, "noop", "ok", f"running {cont.id[:12]}, config matches", show=False, **common)
-
-
-def diff_pointer_container(pointer: PointerFact, cont: ContainerFact) -> Change:
-    """The pointer against the running container: fresh only when its manifest
-    exists and names that container."""
-    address = "pointer:container_run_meta.env"
-    depends = ("directory:telemetry",)
-    if pointer.kind == "missing":
-        return Change(address, "noop", "absent", "absent (the container publishes it)", depends_on=depends,
-                      observed={"kind": "missing"}, show=False)
-    if pointer.kind == "unparseable":
-        return Change(address, "delete", "stale", f"stale: unparseable ({pointer.error})", depends_on=depends,
-                      before={"path": pointer.path}, observed={"kind": pointer.kind, "error": pointer.error})
-    manifest_name = pointer.manifest_host or pointer.manifest_container
-    owner = str(pointer.manifest.get("container_id", ""))
-    before = {"manifest": manifest_name, "container_id": owner[:12] or None}
-    observed = {"kind": "ok", "manifest": manifest_name, "manifest_exists": pointer.manifest_exists,
-                "container_id": owner, "running": cont.id if cont.status == "running" else ""}
-    if not pointer.manifest_exists:
-        why = f"manifest {manifest_name} is gone"
-    elif cont.kind == "missing":
-        why = "its container no longer exists"
-    elif owner != cont.id:
-        why = f"manifest belongs to container {owner[:12] or '?'}, not {cont.id[:12]}"
-    elif cont.status != "running":
-        why = f"its container is {cont.status}"
-    else:
-        run_id = pointer.manifest.get("container_run_id", "?")
-        return Change(address, "noop", "ok", f"run {run_id} of container {cont.id[:12]}", depends_on=depends,
-                      before=before, observed=observed, show=False)
-    return Change(address, "delete", "stale", f"stale: {why}", depends_on=depends, before=before, observed=observed)

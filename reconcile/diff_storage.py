@@ -285,7 +285,10 @@ def diff_marker(marker: LockFact, hostname: str) -> Change:
 
 # --------------------------------------------------------------------- pointer
 
-def diff_pointer(pointer: PointerFact) -> Change:
+def diff_pointer(pointer: PointerFact, cont=None) -> Change:
+    """`pointer:container_run_meta.env`. Stale when unparseable or its manifest
+    is gone; with `cont` (the container's fact, docker runtime) also when the
+    manifest names another container or that container is not running."""
     address = "pointer:container_run_meta.env"
     depends = ("directory:telemetry",)
     if pointer.kind == "missing":
@@ -294,11 +297,25 @@ def diff_pointer(pointer: PointerFact) -> Change:
     if pointer.kind == "unparseable":
         return Change(address, "delete", "stale", f"stale: unparseable ({pointer.error})", depends_on=depends,
                       before={"path": pointer.path}, observed={"kind": pointer.kind, "error": pointer.error})
-    before = {"manifest": pointer.manifest_host or pointer.manifest_container}
-    observed = {"kind": "ok", "manifest": before["manifest"], "manifest_exists": pointer.manifest_exists}
+    manifest_name = pointer.manifest_host or pointer.manifest_container
+    owner = str(pointer.manifest.get("container_id", ""))
+    before = {"manifest": manifest_name}
+    observed = {"kind": "ok", "manifest": manifest_name, "manifest_exists": pointer.manifest_exists}
+    if cont is not None:
+        before["container_id"] = owner[:12] or None
+        observed.update(container_id=owner, running=cont.id if cont.status == "running" else "")
+    why = ""
     if not pointer.manifest_exists:
-        return Change(address, "delete", "stale", f"stale: manifest {before['manifest']} is gone",
-                      depends_on=depends, before=before, observed=observed)
+        why = f"manifest {manifest_name} is gone"
+    elif cont is not None and cont.kind == "missing":
+        why = "its container no longer exists"
+    elif cont is not None and owner != cont.id:
+        why = f"manifest belongs to container {owner[:12] or '?'}, not {cont.id[:12]}"
+    elif cont is not None and cont.status != "running":
+        why = f"its container is {cont.status}"
+    if why:
+        return Change(address, "delete", "stale", f"stale: {why}", depends_on=depends, before=before,
+                      observed=observed)
     run_id = pointer.manifest.get("container_run_id") or pointer.manifest.get("run_id") or "?"
     return Change(address, "noop", "ok", f"manifest of run {run_id}", depends_on=depends, before=before,
                   observed=observed, show=False)

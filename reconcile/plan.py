@@ -16,7 +16,7 @@ from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, dif
                            diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
 from .diff_stages import (CACHE_DIRS, SERVER_STAGES, STAGES, SignatureFact, diff_gpu_count, diff_model,
                           diff_runtime, diff_server_flags, diff_stage, stage_signature)
-from .diff_container import diff_container, diff_pointer_container
+from .diff_container import diff_container
 from .facts_docker import ContainerFact, ImageFact
 from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
@@ -143,7 +143,7 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
     if kind == "pointer":
         pointer = facts.pointer(ctx.path(POINTER), CONTAINER_TELEMETRY, ctx.path("telemetry"))
         if ctx.runtime_kind == "docker" and facts.engine().reachable:
-            return diff_pointer_container(pointer, facts.container(desired.data["runtime"]["container"]["name"]))
+            return diff_pointer(pointer, facts.container(desired.data["runtime"]["container"]["name"]))
         return diff_pointer(pointer)
     if kind == "container":
         want, want_hash = desired_container(desired, ctx)
