@@ -17,6 +17,7 @@ MODES = ("ensure", "rebuild", "skip")
 STAGE_NAMES = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
 SLUG_RE = re.compile(r"^[a-z0-9._-]+$")
 SETTING_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+CUSTOM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 OWNER_RE = re.compile(r"^(\d+):(\d+)$")
 KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
 # SGLang parses these with human_readable_int: "8k" means 8000, not 8192.
@@ -169,8 +170,31 @@ SCHEMA = S(kind="map", fields={
         "flashinfer": _stage_options(
             attention_backend=S(kind="str", default=None,
                                 doc="pass --attention-backend (e.g. flashinfer) to the warm-up server"),
+            via=S(kind="enum", choices=("server", "direct"), default="server",
+                  doc="server: a warm-up server; direct: build `modules` with FlashInfer's per-module JIT"),
+            modules=S(kind="list", default=[], item=S(kind="map", fields={
+                "kind": S(kind="enum", choices=("decode", "prefill"), required=True),
+                "head_dim": S(kind="int", minimum=1, default=128),
+                "dtype": S(kind="enum", choices=("bf16", "fp16"), default="bf16"),
+                "kv_dtype": S(kind="enum", choices=("bf16", "fp16", "fp8_e4m3", "fp8_e5m2"), default=None),
+                "backend": S(kind="enum", choices=("fa2", "fa3", "auto"), default="fa2"),
+                "num_qo_heads": S(kind="int", minimum=1, default=32),
+                "num_kv_heads": S(kind="int", minimum=1, default=8),
+                "page_size": S(kind="int", minimum=1, default=16),
+            })),
+            max_parallel=S(kind="int", minimum=1, default=4, doc="direct: modules built at once"),
+            jobs_per_module=S(kind="int", minimum=1, default=2, doc="direct: MAX_JOBS of each build"),
         ),
         "inductor": _stage_options(),
+        "custom": S(kind="dict", default={}, item=S(kind="map", fields={
+            "mode": S(kind="enum", choices=MODES, default="ensure"),
+            "command": S(kind="list", item=S(kind="str"), required=True,
+                         check=lambda v: None if v else "must name a program"),
+            "env": S(kind="dict", item=S(kind="str"), default={}),
+            "signature": S(kind="dict", item=S(kind="any"), default={}),
+            "verify": S(kind="list", item=S(kind="str"), default=None),
+            "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=None),
+        })),
     }),
     "telemetry": S(kind="map", fields={
         "prometheus_url": S(kind="str", default="http://127.0.0.1:9090", check=_url_check),
@@ -248,8 +272,14 @@ def _check(spec: Spec, value: Any, path: KeyPath, doc: Located) -> Any:
             out["mode"] = mode
             return out
         if spec.kind == "dict":
+            if value is None:
+                return {}
             if not isinstance(value, dict):
                 raise Invalid(f"must be a mapping, got {_show(value, raw)}")
+            if path == ("caches", "custom"):
+                for name in value:
+                    if not CUSTOM_NAME_RE.match(str(name)):
+                        raise _fail(doc, path + (name,), "custom stage names use [a-z0-9_-] and start with a letter")
             return {k: _check(spec.item, v, path + (k,), doc) for k, v in value.items()}
         if spec.kind == "list":
             if not isinstance(value, list):
