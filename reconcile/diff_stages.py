@@ -35,7 +35,44 @@ STAGE_SETTINGS = {
     "inductor": ("cuda_graph", "mem_fraction_static", "chunked_prefill_size", "kv_cache_dtype", "context_length"),
 }
 STAGE_OPTIONS = {"deep_gemm": (), "moe_tune": ("script", "batch_sizes", "dtype", "tuner_args"),
-                 "flashinfer": ("attention_backend",), "inductor": ()}
+                 "flashinfer": ("attention_backend", "via", "modules"), "inductor": ()}
+
+
+def stage_names(data: dict) -> list[str]:
+    """Built-in stages in the seeds' order, then custom stages by name."""
+    return list(STAGES) + [f"custom/{name}" for name in sorted(data["caches"]["custom"])]
+
+
+def is_custom(stage: str) -> bool:
+    return stage.startswith("custom/")
+
+
+def stage_options(data: dict, stage: str) -> dict:
+    if is_custom(stage):
+        return data["caches"]["custom"][stage.split("/", 1)[1]]
+    return data["caches"][stage]
+
+
+def cache_dir(stage: str) -> str:
+    return CACHE_DIRS.get(stage) or f"profiles/custom/{stage.split('/', 1)[1]}"
+
+
+def file_name(stage: str) -> str:
+    """The stage's name in lock and marker file names (`custom.<name>`)."""
+    return stage.replace("/", ".")
+
+
+def flashinfer_direct(data: dict) -> bool:
+    return data["caches"]["flashinfer"]["via"] == "direct"
+
+
+def is_server_stage(stage: str, data: dict) -> bool:
+    """Stages that start an SGLang server (and so need the port and flags)."""
+    return stage in SERVER_STAGES and not (stage == "flashinfer" and flashinfer_direct(data))
+
+
+def needs_sglang(stage: str, data: dict) -> bool:
+    return stage in STAGES and not (stage == "flashinfer" and flashinfer_direct(data))
 
 
 class SignatureFact(NamedTuple):
@@ -48,6 +85,18 @@ class SignatureFact(NamedTuple):
 
 def stage_signature(stage: str, data: dict, model_slug: str, runtime: RuntimeFacts) -> dict:
     """The signature `stage` must have been built for (pure)."""
+    if is_custom(stage):
+        import json
+
+        from .digest import sha256_hex
+
+        options = stage_options(data, stage)
+        sig = runtime.signature()
+        sig.update(options["signature"])
+        sig["command_sha"] = sha256_hex(json.dumps(options["command"]).encode())
+        for key, value in sorted(options["env"].items()):
+            sig[f"env.{key}"] = value
+        return sig
     sig = {"model_slug": model_slug, "tp": data["tp"]}
     sig.update(runtime.signature())
     for lib in STAGE_LIBRARIES[stage]:
@@ -55,7 +104,7 @@ def stage_signature(stage: str, data: dict, model_slug: str, runtime: RuntimeFac
     settings = data["server"]["settings"]
     for key in STAGE_SETTINGS[stage]:
         sig[key] = settings.get(key)
-    if stage in SERVER_STAGES:
+    if is_server_stage(stage, data):
         for key in sorted(k for k in settings if k not in SETTINGS_FIELDS):
             sig[key] = settings[key]
         if data["server"]["extra_args"]:
@@ -87,10 +136,13 @@ def signature_delta(old: dict, new: dict) -> list[str]:
     return out
 
 
-def stage_depends(stage: str, port: int, container: str = "") -> tuple:
-    deps = [f"directory:{CACHE_DIRS[stage]}", "directory:profiles/.locks", "directory:profiles/.in_progress",
-            "check:runtime", "check:free_disk"] + ([f"container:{container}"] if container else [])
-    if stage in SERVER_STAGES:
+def stage_depends(stage: str, port: int, container: str = "", server: bool = False) -> tuple:
+    deps = [f"directory:{'profiles' if is_custom(stage) else cache_dir(stage)}", "directory:profiles/.locks",
+            "directory:profiles/.in_progress", "check:runtime", "check:free_disk"]
+    deps += [f"container:{container}"] if container else []
+    if stage == "flashinfer":
+        deps += ["check:flashinfer_toolchain", "flashinfer:incomplete"]
+    if server:
         deps += ["check:gpu_count", "check:model", "check:server_flags", f"port:{port}",
                  "directory:telemetry/container_runs", "directory:telemetry/logs"]
     if stage == "moe_tune":
@@ -100,18 +152,19 @@ def stage_depends(stage: str, port: int, container: str = "") -> tuple:
 
 def diff_stage(stage: str, mode: str, want: dict, runtime: RuntimeFacts, sig: SignatureFact,
                marker: LockFact | None, hostname: str, port: int, cache_problem: str = "",
-               option_problem: str = "", container: str = "") -> Change:
+               option_problem: str = "", container: str = "", server: bool = False) -> Change:
     """`stage:<name>`. `cache_problem`: a host-side reason the cache will
     rebuild although its signature matches (FlashInfer sources touched, cache
     moved). `option_problem`: the stage's options cannot work (blocked)."""
     address = f"stage:{stage}"
-    depends = stage_depends(stage, port, container) if mode != "skip" else ()
+    depends = stage_depends(stage, port, container, server) if mode != "skip" else ()
     before = sig.signature if sig.kind == "ok" else None
     observed = {"mode": mode, "signature": sig.kind, "stored": before,
                 "marker": marker.owner_pid if marker else None, "cache_problem": cache_problem}
     common = dict(depends_on=depends, before=before, after=want if mode != "skip" else None, observed=observed)
     if mode == "skip":
-        return Change(address, "noop", "skipped", f"skipped (caches.{stage}: skip)", show=False, **common)
+        return Change(address, "noop", "skipped", f"skipped (caches.{stage.replace('/', '.')}: skip)", show=False,
+                      **common)
     if runtime.status == "pending" and not option_problem:
         return Change(address, "run", "container_pending", runtime.problem, **common)
     if runtime.status != "ok":
@@ -124,7 +177,8 @@ def diff_stage(stage: str, mode: str, want: dict, runtime: RuntimeFacts, sig: Si
             return Change(address, "blocked", "in_progress",
                           f"another run is priming it, {why} → wait for it to finish", **common)
     if mode == "rebuild":
-        return Change(address, "run", "rebuild", f"rebuild requested (caches.{stage}: rebuild)", **common)
+        return Change(address, "run", "rebuild", f"rebuild requested (caches.{stage.replace('/', '.')}: rebuild)",
+                      **common)
     if marker is not None:
         started = marker.started_at or "?"
         who = f"pid {marker.owner_pid}" if marker.kind == "ok" else "unreadable marker"
@@ -144,11 +198,15 @@ def diff_stage(stage: str, mode: str, want: dict, runtime: RuntimeFacts, sig: Si
 
 # ---------------------------------------------------------------------- checks
 
-def diff_runtime(runtime: RuntimeFacts, python: str, kind: str) -> Change:
+def diff_runtime(runtime: RuntimeFacts, python: str, kind: str, needs_sglang: bool = True) -> Change:
     observed = {"status": runtime.status, "problem": runtime.problem, **runtime.signature(),
                 "flashinfer": runtime.version("flashinfer"), "deep_gemm": runtime.version("deep_gemm")}
     if runtime.status == "pending":
         return Change("check:runtime", "noop", "pending", runtime.problem, observed=observed)
+    if runtime.status == "ok" and needs_sglang and not runtime.version("sglang"):
+        return Change("check:runtime", "blocked", "runtime_unavailable",
+                      f"sglang is not installed in runtime python {python!r} → install sglang in that interpreter "
+                      f"or set runtime.python", observed=observed)
     if runtime.status != "ok":
         fix = ("install sglang in that interpreter or set runtime.python" if "sglang" in runtime.problem
                else "run on a GPU host (or skip the cache stages)")
@@ -156,7 +214,7 @@ def diff_runtime(runtime: RuntimeFacts, python: str, kind: str) -> Change:
                       observed=observed)
     sig = runtime.signature()
     gpu = f"{sig['gpu_count']}× {sig['device_name']} ({sig['compute_capability']})"
-    parts = [f"sglang {sig['sglang_version']}", f"torch {sig['torch_version'] or '?'}",
+    parts = [f"sglang {sig['sglang_version'] or 'not installed'}", f"torch {sig['torch_version'] or '?'}",
              f"CUDA {sig['cuda'] or '?'}", gpu, f"driver {sig['driver_version']}"]
     return Change("check:runtime", "noop", "ok", f"{kind} runtime {python}: " + ", ".join(parts),
                   observed=observed, after=observed)
@@ -210,4 +268,40 @@ def diff_server_flags(results: dict, sglang_version: str) -> Change:
                       f"or server.extra_args", depends_on=("check:runtime",), observed=observed)
     return Change("check:server_flags", "noop", "ok",
                   f"sglang {sglang_version} accepts the flags of {', '.join(results) or 'no stage'}",
+                  depends_on=("check:runtime",), observed=observed, show=False)
+
+
+def _major_minor(version: str) -> tuple:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def diff_flashinfer_toolchain(runtime: RuntimeFacts, kind: str) -> Change:
+    """`check:flashinfer_toolchain`: FlashInfer JIT needs nvcc and ninja in the
+    runtime, and a CUDA runtime library (pip's) not older than nvcc: a pip
+    libcudart older than the system nvcc makes sm90 builds hang or fail with
+    undefined symbols (the seeds' precompile guide)."""
+    observed = {"nvcc": runtime.nvcc_version, "ninja": bool(runtime.ninja),
+                "cuda_runtime": runtime.version("cuda_runtime")}
+    where = "the container" if kind == "docker" else "the runtime"
+    if not runtime.nvcc:
+        return Change("check:flashinfer_toolchain", "blocked", "nvcc_missing",
+                      f"no nvcc in {where}: FlashInfer cannot JIT-compile → install the CUDA toolkit there "
+                      "(or put its bin/ on runtime.env PATH, CUDA_HOME)", depends_on=("check:runtime",),
+                      observed=observed)
+    if not runtime.ninja:
+        return Change("check:flashinfer_toolchain", "blocked", "ninja_missing",
+                      f"no ninja in {where}: FlashInfer cannot JIT-compile → pip install ninja (or apt install "
+                      "ninja-build) in that runtime", depends_on=("check:runtime",), observed=observed)
+    pip_rt = runtime.version("cuda_runtime")
+    if pip_rt and runtime.nvcc_version and _major_minor(pip_rt) < _major_minor(runtime.nvcc_version):
+        return Change("check:flashinfer_toolchain", "blocked", "libcudart_older_than_nvcc",
+                      f"pip's CUDA runtime {pip_rt} is older than the system nvcc {runtime.nvcc_version}: kernels "
+                      f"nvcc builds need symbols it lacks → upgrade nvidia-cuda-runtime to {runtime.nvcc_version} "
+                      f"(or use a matching CUDA toolkit)", depends_on=("check:runtime",), observed=observed)
+    return Change("check:flashinfer_toolchain", "noop", "ok",
+                  f"nvcc {runtime.nvcc_version or '?'}, ninja, CUDA runtime {pip_rt or 'system'}",
                   depends_on=("check:runtime",), observed=observed, show=False)

@@ -16,7 +16,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .diff_stages import CACHE_DIRS, SERVER_STAGES, diff_stage, stage_signature
+from .diff_stages import (cache_dir, diff_stage, file_name, flashinfer_direct, is_custom, is_server_stage,
+                          stage_names, stage_options, stage_signature)
 from .diff_storage import lock_liveness
 from .errors import STAGE_EXIT_CODES
 from .exec_privs import as_owner
@@ -132,7 +133,7 @@ class StageRunner:
         """base environment + cache routing + the stage's own `env` + `extra`."""
         env = self.runtime.base_env()
         env.update(cache_env(self.rpath("profiles"), self.moe_ready))
-        env.update(self.data["caches"][stage].get("env", {}))
+        env.update(stage_options(self.data, stage).get("env", {}))
         env.update(extra or {})
         return env
 
@@ -151,7 +152,7 @@ class StageRunner:
         lock_held = False
         try:
             with Heartbeat(self.log, stage, self.data["heartbeat_s"], self.say) as beat:
-                if stage in SERVER_STAGES and not self.flags_checked:
+                if is_server_stage(stage, self.data) and not self.flags_checked:
                     beat.set("check_flags")
                     self._validate_flags(stage)
                 beat.set("wait_lock")
@@ -165,9 +166,13 @@ class StageRunner:
                 self._write_marker(stage)
                 beat.set("preflight")
                 self._preflight(stage)
-                runner = getattr(self, f"_stage_{stage}")
-                runner(out, beat)
-                if self.data["caches"][stage].get("verify"):
+                if is_custom(stage):
+                    self._stage_custom(stage, out, beat)
+                elif stage == "flashinfer" and flashinfer_direct(self.data):
+                    self._stage_flashinfer_direct(out, beat)
+                else:
+                    getattr(self, f"_stage_{stage}")(out, beat)
+                if stage_options(self.data, stage).get("verify"):
                     beat.set("verify")
                     out.evidence = self._verify(stage, beat)
                 self._write_signature(stage, want)
@@ -213,7 +218,7 @@ class StageRunner:
 
     # ------------------------------------------------------------ lock, marker, preflight
     def _acquire_lock(self, stage: str, beat: Heartbeat) -> None:
-        path = self.ctx.path(lock_path(stage))
+        path = self.ctx.path(lock_path(file_name(stage)))
         info = json.dumps({"owner_pid": os.getpid(), "started_at": utc_now_iso(), "host": self.ctx.hostname,
                            "command": f"sglprep apply (stage {stage})"}) + "\n"
         timeout = self.data["timeouts"]["lock_s"]
@@ -248,7 +253,7 @@ class StageRunner:
             time.sleep(0.2)
 
     def _release_lock(self, stage: str) -> None:
-        path = self.ctx.path(lock_path(stage))
+        path = self.ctx.path(lock_path(file_name(stage)))
         lock = HostFacts().lock_file(stage, path)
         if lock.kind == "ok" and lock.owner_pid == os.getpid():
             with self.owner():
@@ -256,7 +261,7 @@ class StageRunner:
 
     def _recheck(self, stage: str, want: dict):
         facts = HostFacts()
-        marker = facts.lock_file(stage, self.ctx.path(marker_path(stage)))
+        marker = facts.lock_file(file_name(stage), self.ctx.path(marker_path(file_name(stage))))
         sig = signature_fact(self.ctx.path(signature_path(stage, self.slug)))
         mode = self.desired.stage_mode(stage)
         problem = self._flashinfer_problem() if stage == "flashinfer" else ""
@@ -265,12 +270,12 @@ class StageRunner:
 
     def _write_marker(self, stage: str) -> None:
         with self.owner():
-            atomic_write_json(self.ctx.path(marker_path(stage)),
+            atomic_write_json(self.ctx.path(marker_path(file_name(stage))),
                               {"owner_pid": os.getpid(), "started_at": utc_now_iso(), "run_id": self.run_id})
 
     def _remove_marker(self, stage: str) -> None:
         with self.owner():
-            _unlink(self.ctx.path(marker_path(stage)))
+            _unlink(self.ctx.path(marker_path(file_name(stage))))
 
     def _write_signature(self, stage: str, want: dict) -> None:
         path = self.ctx.path(signature_path(stage, self.slug))
@@ -280,24 +285,25 @@ class StageRunner:
                                      "written_at": utc_now_iso(), "run_id": self.run_id})
 
     def _preflight(self, stage: str) -> None:
-        cache_dir = self.ctx.path(CACHE_DIRS[stage])
-        probe = os.path.join(cache_dir, f".write_test.{os.getpid()}")
+        cache_dir_path = self.ctx.path(cache_dir(stage))
+        probe = os.path.join(cache_dir_path, f".write_test.{os.getpid()}")
         try:
             with self.owner():
+                os.makedirs(cache_dir_path, exist_ok=True)  # custom stages own profiles/custom/<name>
                 with open(probe, "w"):
                     pass
                 os.unlink(probe)
         except OSError as exc:
             raise StageFailed("permissions_unexpected",
-                              f"{cache_dir} is not writable by {self.ctx.owner.spec}: {exc.strerror} → fix its "
+                              f"{cache_dir_path} is not writable by {self.ctx.owner.spec}: {exc.strerror} → fix its "
                               f"ownership on the host (sglprep never chowns)") from None
         need = int(self.data["storage"]["min_free_gib"] * (1 << 30))
-        st = os.statvfs(cache_dir)
+        st = os.statvfs(cache_dir_path)
         free = st.f_bavail * st.f_frsize
         if free < need:
-            raise StageFailed("insufficient_disk", f"{free / (1 << 30):.2f} GiB free under {cache_dir}, "
+            raise StageFailed("insufficient_disk", f"{free / (1 << 30):.2f} GiB free under {cache_dir_path}, "
                               f"need {need / (1 << 30):g} GiB", required_bytes=need, free_bytes=free)
-        if stage in SERVER_STAGES:
+        if is_server_stage(stage, self.data):
             port = HostFacts().port(self.data["server"]["port"])
             if port.state == "busy":
                 holder = f"pid {port.pid} ({' '.join(port.cmdline)[:100]})" if port.pid else "an unknown process"
@@ -522,6 +528,120 @@ class StageRunner:
             raise StageFailed("verify_log_missing",
                               f"the server did not log 'Using MoE kernel config from' a tuned file (saw {seen})")
 
+    def _run_command(self, stage: str, argv: list, env: dict, cwd: str, timeout: float, log_files: tuple = ()):
+        """Run argv in the runtime with its output in the session log (and
+        `log_files`); always tear its process group down. (exit code or None
+        on timeout, the log tail, the teardown record)."""
+        from .exec_server import LogScan
+
+        scan = LogScan()
+        sink = self._sink(*log_files)
+
+        def on_line(line: str) -> None:
+            scan.feed(line)
+            sink(line)
+
+        try:
+            proc = self.runtime.spawn(argv, env, on_line, cwd=cwd)
+        except OSError as exc:
+            sink.close()
+            raise StageFailed("command_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        rc = proc.wait(timeout)
+        gone, how = self.runtime.teardown(proc, self.data["timeouts"]["teardown_s"])
+        sink.close()
+        cleanup = {"kill_sent": how != "already exited", "killed": gone,
+                   "timeout_s": self.data["timeouts"]["teardown_s"], "detail": how}
+        if rc is not None and not gone:
+            raise StageFailed("cleanup_failed", f"{argv[0]} left processes behind ({how})")
+        return rc, scan.tail[-20:], cleanup
+
+    def _stage_custom(self, stage: str, out: StageOutcome, beat: Heartbeat) -> None:
+        opts = stage_options(self.data, stage)
+        rel = cache_dir(stage)
+        timeout = stage_timeout(self.data, stage)
+        extra = {"SGLPREP_CACHE_DIR": self.rpath(rel), "SGLPREP_STAGE": stage}
+        out.env = {**self.routing(), **extra}
+        out.artifacts.update(argv=list(opts["command"]), cache_dir=self._artifact(rel))
+        before = tree_stats(self.ctx.path(rel))
+        beat.set("command")
+        rc, tail, cleanup = self._run_command(stage, list(opts["command"]), self.env(stage, extra), self.rpath(rel),
+                                              timeout, (self.ctx.path(f"{rel}/run.log"),))
+        out.artifacts["cleanup"] = cleanup
+        if rc is None:
+            raise StageFailed("command_timeout", f"{opts['command'][0]} still running after {timeout:g}s",
+                              log_tail=tail)
+        if rc != 0:
+            raise StageFailed("command_failed", f"{opts['command'][0]} exited {rc}", exit_code=rc, log_tail=tail)
+        after = tree_stats(self.ctx.path(rel))
+        out.artifacts["files"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files}
+
+    def _stage_flashinfer_direct(self, out: StageOutcome, beat: Heartbeat) -> None:
+        """Each module through FlashInfer's own build_and_load, one process per
+        module, `max_parallel` at a time (never build_jit_specs, whose output
+        the runtime rebuilds)."""
+        from .runtime_flashinfer import BUILD_SCRIPT, module_key
+
+        opts = self.data["caches"]["flashinfer"]
+        timeout = stage_timeout(self.data, "flashinfer")
+        env = self.env("flashinfer", {"MAX_JOBS": str(opts["jobs_per_module"])})
+        out.env = self.routing()
+        out.artifacts["workspace_dir"] = self._artifact("profiles/flashinfer")
+        before = tree_stats(self.ctx.path("profiles/flashinfer"))
+        pending = list(enumerate(opts["modules"]))
+        running: dict = {}
+        results: list = [None] * len(pending)
+        deadline = time.monotonic() + timeout
+        log = self.ctx.path(f"profiles/flashinfer/{self.slug}/build.log")
+        try:
+            while pending or running:
+                while pending and len(running) < opts["max_parallel"]:
+                    index, spec = pending.pop(0)
+                    lines: list = []
+                    sink = self._sink(log)
+
+                    def on_line(line, sink=sink, lines=lines):
+                        sink(line)
+                        if line.startswith("FLASHINFER_MODULE "):
+                            lines.append(line)
+
+                    argv = [self.runtime.python, "-B", "-c", BUILD_SCRIPT, json.dumps(spec, sort_keys=True)]
+                    try:
+                        proc = self.runtime.spawn(argv, env, on_line)
+                    except OSError as exc:
+                        sink.close()
+                        raise StageFailed("flashinfer_build_failed",
+                                          f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+                    running[index] = (proc, sink, lines, time.monotonic(), spec)
+                    beat.set(f"building {len(results) - len(pending) - len(running) + 1}/{len(results)}: "
+                             f"{module_key(spec)}")
+                for index, (proc, sink, lines, started, spec) in list(running.items()):
+                    rc = proc.poll()
+                    if rc is None:
+                        continue
+                    proc.drain() if hasattr(proc, "drain") else None
+                    sink.close()
+                    del running[index]
+                    info = json.loads(lines[-1].split(" ", 1)[1]) if lines else {}
+                    results[index] = {"spec": spec, "exit_code": rc, "wall_s": round(time.monotonic() - started, 3),
+                                      **info}
+                    if rc != 0:
+                        raise StageFailed("flashinfer_build_failed",
+                                          f"building {module_key(spec)} exited {rc}", modules=results)
+                if time.monotonic() > deadline:
+                    raise StageFailed("command_timeout", f"FlashInfer builds still running after {timeout:g}s",
+                                      modules=results)
+                time.sleep(0.1)
+        finally:
+            for proc, sink, _, _, _ in running.values():
+                self.runtime.teardown(proc, self.data["timeouts"]["teardown_s"])
+                sink.close()
+            out.artifacts["modules"] = results
+        after = tree_stats(self.ctx.path("profiles/flashinfer"))
+        out.artifacts["files"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files}
+        problem = self._flashinfer_problem()
+        if problem:
+            raise StageFailed("verify_failed", f"after the builds the FlashInfer cache is not warm: {problem}")
+
     def _seed_packaged_configs(self) -> None:
         """SGLANG_MOE_CONFIG_DIR hides SGLang's packaged configs: copy them in once."""
         dest = self.ctx.path("profiles/moe_configs/configs")
@@ -551,6 +671,17 @@ class StageRunner:
         return flashinfer_problem(self.desired, HostFacts(self.runtime_environ), self.ctx, self.rt)
 
     def _verify(self, stage: str, beat: Heartbeat) -> dict:
+        if is_custom(stage):
+            argv = list(stage_options(self.data, stage)["verify"])
+            rel = cache_dir(stage)
+            extra = {"SGLPREP_CACHE_DIR": self.rpath(rel), "SGLPREP_STAGE": stage}
+            rc, tail, _ = self._run_command(stage, argv, self.env(stage, extra), self.rpath(rel),
+                                            stage_timeout(self.data, stage))
+            evidence = {"method": "the stage's verify command", "argv": argv, "exit_code": rc, "log_tail": tail,
+                        "ok": rc == 0}
+            if rc != 0:
+                raise StageFailed("verify_failed", f"verify command {argv[0]} exited {rc}", evidence=evidence)
+            return evidence
         if stage == "flashinfer":
             version, cap = self.rt.version("flashinfer"), self.rt.gpus[0].compute_cap
             host_ops = flashinfer_cached_ops(self.ctx.path("profiles"), version, cap)
@@ -689,7 +820,7 @@ class StagesExecutor:
         from .journal import write_run_file
 
         with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-            write_run_file(self.run_dir, f"stages/{stage}.json", outcome.to_json())
+            write_run_file(self.run_dir, f"stages/{file_name(stage)}.json", outcome.to_json())
 
     @property
     def run_dir(self) -> str:
@@ -698,10 +829,10 @@ class StagesExecutor:
     def finish(self) -> tuple[str, str, int]:
         """Stage files for the stages that did not run, then the aggregate.
         Returns (prep_result path, RESULT_STATUS line, exit code of the first failing stage or 0)."""
-        from .diff_stages import STAGES
         from .journal import write_run_file
 
-        for stage in STAGES:
+        names = stage_names(self.desired.data)
+        for stage in names:
             if stage in self.outcomes:
                 continue
             change = self.plan.find(f"stage:{stage}")
@@ -719,22 +850,21 @@ class StagesExecutor:
         except OSError as exc:  # the stage files stay the source of truth
             self.log.event("AGGREGATE_FAILED", error=str(exc))
         line = "RESULT_STATUS " + doc["status"] + " " + " ".join(
-            f"{s}:{self.outcomes[s].status}" for s in STAGES)
-        code = next((self.outcomes[s].status_code for s in STAGES if self.outcomes[s].status == "error"), 0)
+            f"{s}:{self.outcomes[s].status}" for s in names)
+        code = next((self.outcomes[s].status_code for s in names if self.outcomes[s].status == "error"), 0)
         return path, line, code
 
     def prep_result(self) -> dict:
-        from .diff_stages import STAGES
-
+        names = stage_names(self.desired.data)
         data = self.desired.data
         rt = self.runner.rt if self.runner else RuntimeFacts(status="unavailable")
         sig = rt.signature()
-        errors = [{"stage": s, **e} for s in STAGES for e in self.outcomes[s].errors]
-        warnings = [f"{s}: {w}" for s in STAGES for w in self.outcomes[s].warnings]
-        failing = [s for s in STAGES if self.outcomes[s].errors]  # failed, or skipped by a failed dependency
+        errors = [{"stage": s, **e} for s in names for e in self.outcomes[s].errors]
+        warnings = [f"{s}: {w}" for s in names for w in self.outcomes[s].warnings]
+        failing = [s for s in names if self.outcomes[s].errors]  # failed, or skipped by a failed dependency
         if not failing:
             status = "ok"
-        elif any(self.outcomes[s].status in ("ok", "noop") for s in STAGES):
+        elif any(self.outcomes[s].status in ("ok", "noop") for s in names):
             status = "partial"
         else:
             status = "error"
@@ -761,7 +891,7 @@ class StagesExecutor:
                                  "mem_fraction_static"),
                              "warmup_port": data["server"]["port"], "write_mode": "atomic", "env": routing},
             },
-            "stages": {s: self.outcomes[s].to_json() for s in STAGES},
+            "stages": {s: self.outcomes[s].to_json() for s in names},
             "telemetry_probe": telemetry,
             "errors": errors,
             "warnings": warnings,

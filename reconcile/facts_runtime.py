@@ -45,6 +45,7 @@ out["packages"] = {
     "flashinfer": dist_version("flashinfer-python", "flashinfer"),
     "deep_gemm": dist_version("sgl-deep-gemm", "deep-gemm"),
     "sglang_kernel": dist_version("sglang-kernel", "sgl-kernel"),
+    "cuda_runtime": dist_version("nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime"),
 }
 out["sglang_dir"] = package_dir("sglang")
 torch_dir = package_dir("torch")
@@ -196,8 +197,6 @@ def probe_runtime(python: str, prober: Prober) -> RuntimeFacts:
         nvcc_version=data.get("nvcc_version") or "",
         ninja=data.get("ninja") or "",
     )
-    if not facts.version("sglang"):
-        return facts._replace(status="unavailable", problem=f"sglang is not installed in runtime python {python!r}")
     if not facts.gpus:
         return facts._replace(status="unavailable",
                               problem=f"no GPU visible in the runtime ({facts.gpu_error or 'nvidia-smi listed none'})")

@@ -14,8 +14,9 @@ from typing import NamedTuple
 from . import __version__
 from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker,
                            diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
-from .diff_stages import (CACHE_DIRS, SERVER_STAGES, STAGES, SignatureFact, diff_gpu_count, diff_model,
-                          diff_runtime, diff_server_flags, diff_stage, stage_signature)
+from .diff_stages import (STAGES, SignatureFact, cache_dir, diff_flashinfer_toolchain, diff_gpu_count,
+                          diff_model, diff_runtime, diff_server_flags, diff_stage, file_name, flashinfer_direct,
+                          is_custom, is_server_stage, needs_sglang, stage_names, stage_options, stage_signature)
 from .diff_container import diff_container
 from .facts_docker import ContainerFact, ImageFact
 from .facts_host import HostFacts
@@ -161,7 +162,10 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
 
 
 def signature_path(stage: str, slug: str) -> str:
-    return f"{CACHE_DIRS[stage]}/{slug}/signature.json"
+    """Built-in stages sign per model slug; a custom stage signs its own dir."""
+    if is_custom(stage):
+        return f"{cache_dir(stage)}/signature.json"
+    return f"{cache_dir(stage)}/{slug}/signature.json"
 
 
 def runtime_facts(desired: Desired, facts: HostFacts, ctx: Context, container: Change | None = None) -> RuntimeFacts:
@@ -208,39 +212,51 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: C
     """(check changes, stage changes) for the cache stages; no runtime probe
     when every stage is skipped."""
     data = desired.data
-    modes = {stage: desired.stage_mode(stage) for stage in STAGES}
+    names = stage_names(data)
+    modes = {stage: desired.stage_mode(stage) for stage in names}
     active = [stage for stage, mode in modes.items() if mode != "skip"]
     port = data["server"]["port"]
     runtime = runtime_facts(desired, facts, ctx, container) if active else RuntimeFacts(status="unavailable")
+    sglang_needed = any(needs_sglang(stage, data) for stage in active)
     checks, stages = [], []
     if active:
-        checks.append(diff_runtime(runtime, data["runtime"]["python"], data["runtime"]["kind"]))
+        checks.append(diff_runtime(runtime, data["runtime"]["python"], data["runtime"]["kind"], sglang_needed))
         if runtime.status == "ok":
             checks.append(diff_gpu_count(data["tp"], runtime))
         config = model_config_path(desired, ctx)
-        if config is not None:
+        if config is not None and any(stage in STAGES and not is_custom(stage) and
+                                      (stage != "flashinfer" or not flashinfer_direct(data)) for stage in active):
             checks.append(diff_model(data["model"]["path"], data["server"]["settings"].get("context_length"),
                                      facts.model(config)))
+        if modes["flashinfer"] != "skip" and runtime.status == "ok":
+            checks.append(diff_flashinfer_toolchain(runtime, ctx.runtime_kind))
     slug = desired.model_slug
-    for stage in STAGES:
-        marker = facts.lock_file(stage, ctx.path(marker_path(stage)))
+    container_name = data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""
+    for stage in names:
+        marker = facts.lock_file(file_name(stage), ctx.path(marker_path(file_name(stage))))
         want = stage_signature(stage, data, slug, runtime) if runtime.status == "ok" else {}
         cache_problem = flashinfer_problem(desired, facts, ctx, runtime) if stage == "flashinfer" and \
             modes[stage] != "skip" else ""
         option_problem = ""
-        if stage == "moe_tune" and not data["caches"]["moe_tune"]["script"]:
+        if needs_sglang(stage, data) and runtime.status == "ok" and not runtime.version("sglang"):
+            option_problem = f"sglang is not installed in runtime python {data['runtime']['python']!r}"
+        elif stage == "moe_tune" and not data["caches"]["moe_tune"]["script"]:
             option_problem = ("caches.moe_tune.script is not set → point it at the fused-MoE tuner "
                               "(benchmark/kernels/fused_moe_triton/tuning_fused_moe_triton.py of your SGLang tag)")
-        if stage == "inductor" and data["server"]["settings"].get("cuda_graph") is False:
+        elif stage == "inductor" and data["server"]["settings"].get("cuda_graph") is False:
             option_problem = ("server.settings.cuda_graph is false: torch.compile runs only during decode "
                               "CUDA-graph capture, so the inductor stage would compile nothing → enable cuda_graph")
+        elif stage == "flashinfer" and flashinfer_direct(data) and not data["caches"]["flashinfer"]["modules"]:
+            option_problem = "caches.flashinfer.via is direct but caches.flashinfer.modules lists no module"
+        elif stage == "flashinfer" and flashinfer_direct(data) and runtime.status == "ok" and \
+                not runtime.version("flashinfer"):
+            option_problem = f"flashinfer is not installed in runtime python {data['runtime']['python']!r}"
         sig_path = ctx.path(signature_path(stage, slug))
         sig = facts.signature(sig_path) if modes[stage] != "skip" else SignatureFact(sig_path, "missing")
         stages.append(diff_stage(stage, modes[stage], want, runtime, sig,
                                  marker if marker.kind != "missing" else None, ctx.hostname, port,
-                                 cache_problem, option_problem,
-                                 data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""))
-    running = [c.name for c in stages if c.action == "run" and c.name in SERVER_STAGES]
+                                 cache_problem, option_problem, container_name, is_server_stage(stage, data)))
+    running = [c.name for c in stages if c.action == "run" and is_server_stage(c.name, data)]
     if running and runtime.status == "ok":  # pending: apply validates them once the container runs
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
                  for stage in running}
@@ -255,7 +271,7 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: C
 
 
 def stage_timeout(data: dict, stage: str) -> float:
-    return data["caches"][stage].get("timeout_s") or data["timeouts"]["stage_s"]
+    return stage_options(data, stage).get("timeout_s") or data["timeouts"]["stage_s"]
 
 
 RUNTIME_SIGNATURE_KEYS = frozenset(RuntimeFacts(status="").signature()) | {"deep_gemm_version", "flashinfer_version"}
@@ -300,7 +316,7 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     if ctx.runtime_kind == "docker":
         container = diff_resource(f"container:{desired.data['runtime']['container']['name']}", desired, facts, ctx)
     stage_checks, stages = stage_changes(desired, facts, ctx, container)
-    port_needed = any(c.action == "run" and c.name in SERVER_STAGES for c in stages)
+    port_needed = any(c.action == "run" and is_server_stage(c.name, desired.data) for c in stages)
     changes = []
     for address in resource_addresses(desired, facts, ctx):
         if container is not None and address == container.address:

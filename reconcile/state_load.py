@@ -76,6 +76,8 @@ class Desired(NamedTuple):
         return slug_from_path(self.data["model"]["path"])
 
     def stage_mode(self, stage: str) -> str:
+        if stage.startswith("custom/"):
+            return self.data["caches"]["custom"][stage.split("/", 1)[1]]["mode"]
         return self.data["caches"][stage]["mode"]
 
 

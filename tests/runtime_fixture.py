@@ -60,6 +60,10 @@ def make_runtime(base: Path, *, versions: dict | None = None, gpus: list | None 
                    f"#!{py}\nimport sys\nsys.stderr.write('NVIDIA-SMI has failed: no devices\\n')\n"
                    "sys.exit(9)\n")
     smi.chmod(smi.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    nvcc = bin_dir / "nvcc"  # only --version is asked of it
+    nvcc.write_text(f"#!{py}\nprint('nvcc: NVIDIA (R) Cuda compiler driver\\nCuda compilation tools, "
+                    f"release {cuda}, V{cuda}.93')\n")
+    nvcc.chmod(0o755)
     for path in [base, *base.rglob("*")]:
         mode = path.stat().st_mode
         path.chmod(mode | stat.S_IRGRP | stat.S_IROTH | (stat.S_IXGRP | stat.S_IXOTH if path.is_dir() else 0))
