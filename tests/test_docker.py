@@ -305,6 +305,7 @@ def test_a_stage_runs_inside_the_container_as_the_storage_owner(host):
         port = s.getsockname()[1]
     ro = [{"source": p, "target": p, "read_only": True} for p in ("/usr/lib", "/usr/lib64", str(shared))]
     ro.append({"source": "/usr/bin/python3.11", "target": "/usr/bin/python3.11", "read_only": True})
+    ro.append({"source": shutil.which("ninja"), "target": "/usr/bin/ninja", "read_only": True})  # FlashInfer JIT
     host.write(runtime={"env": env, "container": {"mounts": ro}}, model={"path": "/models/demo"},
                server={"port": port, "settings": {"kv_cache_dtype": "fp8_e4m3"}},
                caches={"flashinfer": {"mode": "ensure", "attention_backend": "flashinfer"}})
