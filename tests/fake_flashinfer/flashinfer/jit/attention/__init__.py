@@ -1,0 +1,4 @@
+from .modules import gen_batch_decode_module as gen_batch_decode_module
+from .modules import gen_batch_prefill_module as gen_batch_prefill_module
+from .modules import get_batch_decode_uri as get_batch_decode_uri
+from .modules import get_batch_prefill_uri as get_batch_prefill_uri
