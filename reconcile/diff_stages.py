@@ -8,6 +8,7 @@ runs and the reason names each key that differs, old → new.
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 from .diff_storage import lock_liveness
@@ -305,3 +306,28 @@ def diff_flashinfer_toolchain(runtime: RuntimeFacts, kind: str) -> Change:
     return Change("check:flashinfer_toolchain", "noop", "ok",
                   f"nvcc {runtime.nvcc_version or '?'}, ninja, CUDA runtime {pip_rt or 'system'}",
                   depends_on=("check:runtime",), observed=observed, show=False)
+
+
+def diff_flashinfer_incomplete(modules: tuple, locks: tuple, cached_ops: str = "") -> Change:
+    """`flashinfer:incomplete`: module builds without their .so (a killed or
+    failed JIT) and the build locks such builds left behind with nobody
+    holding them. FlashInfer's filelock leaves a lock file after every build,
+    so a free lock of a complete module is normal and left alone; a module
+    whose lock is held is being built right now and is left alone too."""
+    complete = {m.name for m in modules if m.has_so}
+    held = {os.path.basename(path)[: -len(".lock")] for path, is_held in locks if is_held}
+    broken = [m.name for m in modules if not m.has_so and m.name not in held]
+    stale = [path for path, is_held in locks if not is_held
+             and os.path.basename(path)[: -len(".lock")] not in complete
+             and os.path.basename(path) != "flashinfer_jit.lock"]
+    observed = {"broken": broken, "stale_locks": stale, "cached_ops": cached_ops}
+    if not broken and not stale:
+        return Change("flashinfer:incomplete", "noop", "ok", "no incomplete builds", observed=observed, show=False)
+    parts = []
+    if broken:
+        parts.append(f"{len(broken)} module build(s) without their .so ({', '.join(broken[:2])}"
+                     f"{', …' if len(broken) > 2 else ''})")
+    if stale:
+        parts.append(f"{len(stale)} build lock(s) of unfinished modules whose holder is gone")
+    return Change("flashinfer:incomplete", "delete", "incomplete", "; ".join(parts), before=observed,
+                  observed=observed, depends_on=("directory:profiles/flashinfer",))

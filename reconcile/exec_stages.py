@@ -612,8 +612,7 @@ class StageRunner:
                         raise StageFailed("flashinfer_build_failed",
                                           f"cannot start {argv[0]}: {exc.strerror or exc}") from None
                     running[index] = (proc, sink, lines, time.monotonic(), spec)
-                    beat.set(f"building {len(results) - len(pending) - len(running) + 1}/{len(results)}: "
-                             f"{module_key(spec)}")
+                    beat.set(f"building {index + 1}/{len(results)}: {module_key(spec)}")
                 for index, (proc, sink, lines, started, spec) in list(running.items()):
                     rc = proc.poll()
                     if rc is None:

@@ -40,7 +40,7 @@ class Result(NamedTuple):
 class StorageExecutor:
     """Carries out storage changes for one run."""
 
-    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port")
+    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port", "flashinfer")
 
     def __init__(self, desired: Desired, ctx: Context, environ: dict | None = None):
         self.desired = desired
@@ -91,3 +91,19 @@ class StorageExecutor:
         path = self.ctx.path("telemetry/container_run_meta.env")
         os.unlink(path)
         return f"removed {change.message}"
+
+    def _do_flashinfer(self, change: Change) -> str:
+        """Remove module builds without their .so and the free locks they left."""
+        import shutil
+
+        for path in change.observed["stale_locks"]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for name in change.observed["broken"]:
+            path = os.path.join(change.observed["cached_ops"], name)
+            if os.path.lexists(path):
+                shutil.rmtree(path)  # an error (e.g. another owner's files) fails the change
+        return (f"removed {len(change.observed['broken'])} incomplete module build(s), "
+                f"{len(change.observed['stale_locks'])} stale lock(s)")

@@ -348,6 +348,11 @@ class HostFacts:
                 return LastApplyFact(kind="unparseable")
         return self._cached(("last_apply", path), compute)
 
+    def flashinfer_build_locks(self, cached_ops: str) -> tuple:
+        from .facts_stages import flashinfer_build_locks
+
+        return self._cached(("fi-locks", cached_ops), lambda: flashinfer_build_locks(cached_ops))
+
     def free_disk(self, path: str) -> DiskFact:
         def compute():
             probe = path

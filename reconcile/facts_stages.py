@@ -118,6 +118,37 @@ def _ninja_dry_run(ninja: str, module_dir: str) -> tuple[str, int]:
     return ("dirty", work) if work else ("clean", 0)
 
 
+def flashinfer_build_locks(cached_ops: str) -> tuple:
+    """(lock path, held) for each build lock in `cached_ops/tmp/`. FlashInfer
+    takes them with flock (filelock); a lock nobody holds is left over from a
+    build whose process is gone. Testing takes the lock for an instant and
+    gives it back; the file is not changed."""
+    import fcntl
+
+    tmp = os.path.join(cached_ops, "tmp")
+    try:
+        names = sorted(n for n in os.listdir(tmp) if n.endswith(".lock"))
+    except OSError:
+        return ()
+    out = []
+    for name in names:
+        path = os.path.join(tmp, name)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            held = False
+        except OSError:
+            held = True
+        finally:
+            os.close(fd)
+        out.append((path, held))
+    return tuple(out)
+
+
 def flashinfer_cache_problem(modules: tuple, sources_mtime: float = 0.0) -> str:
     """Why FlashInfer would rebuild this cache although it exists ("" = warm).
 

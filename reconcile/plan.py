@@ -14,7 +14,8 @@ from typing import NamedTuple
 from . import __version__
 from .diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker,
                            diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
-from .diff_stages import (STAGES, SignatureFact, cache_dir, diff_flashinfer_toolchain, diff_gpu_count,
+from .diff_stages import (STAGES, SignatureFact, cache_dir, diff_flashinfer_incomplete, diff_flashinfer_toolchain,
+                          diff_gpu_count,
                           diff_model, diff_runtime, diff_server_flags, diff_stage, file_name, flashinfer_direct,
                           is_custom, is_server_stage, needs_sglang, stage_names, stage_options, stage_signature)
 from .diff_container import diff_container
@@ -158,6 +159,8 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
                               extra)
     if kind == "port":
         return diff_port(facts.port(int(name)), needed=False)
+    if address == "flashinfer:incomplete":
+        return flashinfer_incomplete(desired, facts, ctx, runtime_facts(desired, facts, ctx))
     raise ValueError(f"unknown resource address {address!r}")
 
 
@@ -192,6 +195,18 @@ def model_config_path(desired: Desired, ctx: Context) -> str | None:
     if path.startswith("/models/"):
         return ctx.path(posixpath.join("models", path[len("/models/"):], "config.json"))
     return None
+
+
+def flashinfer_incomplete(desired: Desired, facts: HostFacts, ctx: Context, runtime: RuntimeFacts) -> Change | None:
+    """`flashinfer:incomplete`, when the FlashInfer stage is active and its cache can be located."""
+    if desired.stage_mode("flashinfer") == "skip" or runtime.status != "ok" or not runtime.gpus or \
+            not runtime.version("flashinfer"):
+        return None
+    host_ops = flashinfer_cached_ops(ctx.path("profiles"), runtime.version("flashinfer"), runtime.gpus[0].compute_cap)
+    runtime_ops = flashinfer_cached_ops(ctx.runtime_path("profiles"), runtime.version("flashinfer"),
+                                        runtime.gpus[0].compute_cap)
+    return diff_flashinfer_incomplete(facts.flashinfer_modules(host_ops, runtime_ops, None),
+                                      facts.flashinfer_build_locks(host_ops), host_ops)
 
 
 def flashinfer_problem(desired: Desired, facts: HostFacts, ctx: Context, runtime: RuntimeFacts) -> str:
@@ -256,6 +271,9 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: C
         stages.append(diff_stage(stage, modes[stage], want, runtime, sig,
                                  marker if marker.kind != "missing" else None, ctx.hostname, port,
                                  cache_problem, option_problem, container_name, is_server_stage(stage, data)))
+    incomplete = flashinfer_incomplete(desired, facts, ctx, runtime)
+    if incomplete is not None:
+        stages.insert(0, incomplete)
     running = [c.name for c in stages if c.action == "run" and is_server_stage(c.name, data)]
     if running and runtime.status == "ok":  # pending: apply validates them once the container runs
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
@@ -316,7 +334,8 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -
     if ctx.runtime_kind == "docker":
         container = diff_resource(f"container:{desired.data['runtime']['container']['name']}", desired, facts, ctx)
     stage_checks, stages = stage_changes(desired, facts, ctx, container)
-    port_needed = any(c.action == "run" and is_server_stage(c.name, desired.data) for c in stages)
+    port_needed = any(c.type == "stage" and c.action == "run" and is_server_stage(c.name, desired.data)
+                      for c in stages)
     changes = []
     for address in resource_addresses(desired, facts, ctx):
         if container is not None and address == container.address:

@@ -120,6 +120,9 @@ class FakeFacts:
 
         return self._last_apply or LastApplyFact(kind="missing")
 
+    def flashinfer_build_locks(self, cached_ops: str) -> tuple:
+        return ()
+
     def free_disk(self, path: str) -> DiskFact:
         return DiskFact(path=self.root, free_bytes=self.free_bytes, total_bytes=500 << 30)
 

@@ -529,3 +529,87 @@ def test_telemetry_probe_through_a_real_prometheus(rig):
     finally:
         prom.terminate()
         prom.wait(10)
+
+
+def test_incomplete_flashinfer_builds_are_deleted(rig):
+    rig.write(caches={"deep_gemm": "skip", "inductor": "skip"})
+    assert rig.run("apply").returncode == 0
+    ops = rig.root / "profiles/flashinfer/.cache/flashinfer/0.7.2.post1/90a/cached_ops"
+    broken = ops / "batch_decode_with_kv_cache_dtype_q_fp16_dtype_kv_fp16_dtype_o_fp16_killed"
+    broken.mkdir()
+    (broken / "build.ninja").write_text("# a build killed before it linked\n")
+    (ops / "tmp" / f"{broken.name}.lock").write_text("")
+    if IS_ROOT:  # left by the owner's own killed build
+        for p in (broken, broken / "build.ninja", ops / "tmp" / f"{broken.name}.lock"):
+            os.chown(p, *OWNER)
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    change = next(c for c in doc["changes"] if c["address"] == "flashinfer:incomplete")
+    assert (change["action"], change["message"]) == ("delete", (
+        "1 module build(s) without their .so (batch_decode_with_kv_cache_dtype_q_fp16_dtype_kv_fp16_dtype_o_fp16_killed); "
+        "1 build lock(s) of unfinished modules whose holder is gone"))
+    assert rig.stage_action(doc, "flashinfer")[1].startswith("incomplete build")
+    assert rig.run("apply").returncode == 0
+    assert not broken.exists() and not (ops / "tmp" / f"{broken.name}.lock").exists()
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0
+
+
+def direct_rig(rig, **flashinfer):
+    """FlashInfer built directly (no server) with the FlashInfer test double."""
+    fake = rig.base / "fake_flashinfer"
+    shutil.copytree(TESTS / "fake_flashinfer", fake)
+    for p in [fake, *fake.rglob("*")]:
+        p.chmod(p.stat().st_mode | 0o055)
+    rig.env["PYTHONPATH"] = f"{fake}:{rig.env['PYTHONPATH']}"
+    rig.env["FAKE_TORCH_CUDA_CAPABILITY"] = "9.0"
+    rig.write(runtime={"env": rig.env}, caches={
+        "deep_gemm": "skip", "inductor": "skip",
+        "flashinfer": {"mode": "ensure", "via": "direct", "verify": True, "max_parallel": 2,
+                       "modules": [{"kind": "decode", "head_dim": 128, "dtype": "bf16", "backend": "fa2"},
+                                   {"kind": "prefill", "head_dim": 128, "dtype": "bf16", "backend": "fa2"}],
+                       **flashinfer}})
+    return fake
+
+
+def test_flashinfer_direct_builds_each_module_without_a_server(rig):
+    fake = direct_rig(rig)
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    assert rig.stage_action(doc, "flashinfer")[0] == "run"
+    assert not any(c["address"] == "check:server_flags" for c in doc["changes"])  # no server involved
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rig.launches() == []  # no SGLang process
+    _, result = rig.prep_result(proc)
+    fi = result["stages"]["flashinfer"]
+    names = sorted(m["name"] for m in fi["artifacts"]["modules"])
+    assert names == [
+        "batch_decode_with_kv_cache_dtype_q_bf16_dtype_kv_bf16_dtype_o_bf16_dtype_idx_i32_head_dim_qk_128_head_dim_vo_128"
+        "_posenc_0_use_swa_False_use_logits_cap_False",
+        "batch_prefill_with_kv_cache_dtype_q_bf16_dtype_kv_bf16_dtype_o_bf16_dtype_idx_i32_head_dim_qk_128_head_dim_vo_"
+        "128_posenc_0_use_swa_False_use_logits_cap_False_f16qk_False_kv_stride_equal"]
+    assert all(m["cold"] and m["exit_code"] == 0 for m in fi["artifacts"]["modules"])
+    assert fi["evidence"]["ok"] and {m["ninja"] for m in fi["evidence"]["modules"]} == {"clean"}
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0
+
+    # touched package sources (a re-install): the plan predicts the rebuild, no build starts
+    time.sleep(0.05)
+    for p in (fake / "flashinfer" / "data").rglob("*"):
+        os.utime(p)  # now: newer than the build outputs
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    action, message = rig.stage_action(doc, "flashinfer")
+    assert action == "run" and message.startswith("sources newer than the build: ninja has work in 2 module(s)")
+    assert rig.run("apply").returncode == 0
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0
+
+    # the module list is part of the signature
+    rig.state["caches"]["flashinfer"]["modules"].append({"kind": "decode", "head_dim": 64})
+    rig.write()
+    action, message = rig.stage_action(json.loads(rig.run("plan", "--json").stdout), "flashinfer")
+    assert action == "run" and message.startswith("signature modules ")
+
+
+def test_flashinfer_direct_build_failure_exits_12(rig):
+    direct_rig(rig, env={"FAKE_FLASHINFER_FAIL": "1"})
+    proc = rig.run("apply")
+    assert proc.returncode == 12, proc.stdout + proc.stderr
+    _, result = rig.prep_result(proc)
+    assert result["stages"]["flashinfer"]["error_type"] == "flashinfer_build_failed"
