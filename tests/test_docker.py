@@ -339,3 +339,27 @@ def test_a_stage_runs_inside_the_container_as_the_storage_owner(host):
     assert proc.returncode == 0 and "nothing to do" in proc.stdout
     again = host.inspect()
     assert (again["Id"], again["State"]["StartedAt"]) == (info["Id"], info["State"]["StartedAt"])
+
+
+def test_custom_stage_runs_in_the_container(host):
+    """Custom stages get the same seam as the built-ins: docker exec as the owner."""
+    script = host.base / "warm.py"
+    script.write_text("import os\nd = os.environ['SGLPREP_CACHE_DIR']\n"
+                      "open(os.path.join(d, 'kernels.bin'), 'w').write(os.environ['TORCHINDUCTOR_CACHE_DIR'])\n")
+    script.chmod(0o644)
+    ro = [{"source": p, "target": p, "read_only": True} for p in ("/usr/lib", "/usr/lib64", str(host.base))]
+    ro.append({"source": "/usr/bin/python3.11", "target": "/usr/bin/python3.11", "read_only": True})
+    bin_dir = host.base / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/usr/bin/python3\nprint('NVIDIA H100 80GB HBM3, 9.0, 580.159.04')\n")
+    smi.chmod(0o755)
+    host.write(runtime={"env": {"PATH": f"{bin_dir}:/usr/bin:/bin"}, "container": {"mounts": ro}},
+               caches={"custom": {"blk": {"command": ["python3", str(script)], "signature": {"v": 1}}}})
+    proc = host.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith("custom/blk:ok")
+    out = host.root / "profiles/custom/blk/kernels.bin"
+    assert out.read_text() == "/profiles/torchinductor"  # routed as the container sees it
+    assert (out.stat().st_uid, out.stat().st_gid) == OWNER
+    assert host.run("plan", "--detailed-exitcode").returncode == 0
