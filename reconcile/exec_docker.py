@@ -86,7 +86,7 @@ class ContainerExecutor:
     def _replace(self, cli) -> str:
         cont = self._current()
         self._ensure_image(cli)
-        self._delete_stale_pointer(force=True)
+        self._delete_stale_pointer()
         if cont.kind == "present":
             old = cli.containers.get(cont.id)
             old.stop(timeout=int(self.desired.data["timeouts"]["teardown_s"]))
@@ -100,7 +100,7 @@ class ContainerExecutor:
         cont = self._current()
         if cont.kind == "missing":
             return None
-        self._delete_stale_pointer(force=True)
+        self._delete_stale_pointer()
         old = cli.containers.get(cont.id)
         old.stop(timeout=int(self.desired.data["timeouts"]["teardown_s"]))
         old.remove(force=True)
@@ -141,9 +141,9 @@ class ContainerExecutor:
             args["command"] = w["command"][1:]
         return args
 
-    def _delete_stale_pointer(self, force: bool = False) -> None:
-        """The pointer is stale before any (re)start: the container publishes a
-        new one. Deleted as the storage owner."""
+    def _delete_stale_pointer(self) -> None:
+        """Before any create, start or replace the pointer can only name an
+        earlier run: the container publishes a new one. Deleted as the owner."""
         from .exec_privs import as_owner
 
         path = self.ctx.path(POINTER)

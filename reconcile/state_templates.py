@@ -97,7 +97,6 @@ def schedule_context(desired: Desired, sglprep_argv: list, user: str, textfile: 
         "host": desired.host,
         "state": desired.state_path,
         "inventory": desired.inventory_path or os.path.abspath("inventory.yaml"),
-        "sglprep": sglprep_argv[0] if len(sglprep_argv) == 1 else " ".join(sglprep_argv),
         "sglprep_argv": sglprep_argv,
         "user": user,
         "cron_user": f"{user} ",
