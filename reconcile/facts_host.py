@@ -265,23 +265,32 @@ class HostFacts:
         return self._cached(("port", port), lambda: _port_fact(port))
 
     # runtime and stage facts (see facts_runtime, facts_stages) ---------------
-    def runtime(self, python: str, extra_env: dict, uid: int | None = None, gid: int | None = None):
-        from .facts_runtime import local_prober, probe_runtime
+    def _prober(self, extra_env: dict, uid, gid, container: str):
+        """Probes run in the runtime: this host, or `container` via docker exec."""
+        if container:
+            from .exec_docker import docker_prober
 
-        key = ("runtime", python, tuple(sorted(extra_env.items())), uid, gid)
-        return self._cached(key, lambda: probe_runtime(
-            python, local_prober({**self._env, **extra_env}, uid, gid)))
+            return docker_prober(container, uid, gid, extra_env, self._env)
+        from .facts_runtime import local_prober
+
+        return local_prober({**self._env, **extra_env}, uid, gid)
+
+    def runtime(self, python: str, extra_env: dict, uid: int | None = None, gid: int | None = None,
+                container: str = ""):
+        from .facts_runtime import probe_runtime
+
+        key = ("runtime", container, python, tuple(sorted(extra_env.items())), uid, gid)
+        return self._cached(key, lambda: probe_runtime(python, self._prober(extra_env, uid, gid, container)))
 
     def server_flags(self, python: str, extra_env: dict, argvs: dict, uid: int | None = None,
-                     gid: int | None = None) -> dict:
+                     gid: int | None = None, container: str = "") -> dict:
         import json
 
-        from .facts_runtime import local_prober
         from .facts_stages import validate_server_flags
 
-        key = ("flags", python, json.dumps(argvs, sort_keys=True), uid, gid)
+        key = ("flags", container, python, json.dumps(argvs, sort_keys=True), uid, gid)
         return self._cached(key, lambda: validate_server_flags(
-            python, local_prober({**self._env, **extra_env}, uid, gid), argvs))
+            python, self._prober(extra_env, uid, gid, container), argvs))
 
     def engine(self):
         from .facts_docker import engine_fact
@@ -297,25 +306,6 @@ class HostFacts:
         from .facts_docker import image_fact
 
         return self._cached(("image", ref), lambda: image_fact(self._env, ref))
-
-    def runtime_in_container(self, container: str, python: str, extra_env: dict, uid: int, gid: int):
-        from .exec_docker import docker_prober
-        from .facts_runtime import probe_runtime
-
-        key = ("runtime-docker", container, python, tuple(sorted(extra_env.items())), uid, gid)
-        return self._cached(key, lambda: probe_runtime(python, docker_prober(container, uid, gid, extra_env,
-                                                                              self._env)))
-
-    def server_flags_in_container(self, container: str, python: str, extra_env: dict, argvs: dict, uid: int,
-                                  gid: int) -> dict:
-        import json
-
-        from .exec_docker import docker_prober
-        from .facts_stages import validate_server_flags
-
-        key = ("flags-docker", container, python, json.dumps(argvs, sort_keys=True), uid, gid)
-        return self._cached(key, lambda: validate_server_flags(
-            python, docker_prober(container, uid, gid, extra_env, self._env), argvs))
 
     def signature(self, path: str):
         from .facts_stages import signature_fact

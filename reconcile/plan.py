@@ -184,7 +184,7 @@ def runtime_facts(desired: Desired, facts: HostFacts, ctx: Context, container: C
                             "to prime caches in")
     if container is not None and container.action != "noop":
         return RuntimeFacts(status="pending", problem=f"probed once container:{name} runs")
-    return facts.runtime_in_container(name, rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid)
+    return facts.runtime(rt["python"], rt["env"], ctx.owner.uid, ctx.owner.gid, container=name)
 
 
 def model_config_path(desired: Desired, ctx: Context) -> str | None:
@@ -278,12 +278,8 @@ def stage_changes(desired: Desired, facts: HostFacts, ctx: Context, container: C
     if running and runtime.status == "ok":  # pending: apply validates them once the container runs
         argvs = {stage: server_argv(stage, data, data["model"]["path"], stage_timeout(data, stage))
                  for stage in running}
-        if ctx.runtime_kind == "docker":
-            results = facts.server_flags_in_container(data["runtime"]["container"]["name"], data["runtime"]["python"],
-                                                      data["runtime"]["env"], argvs, ctx.owner.uid, ctx.owner.gid)
-        else:
-            results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs,
-                                         ctx.owner.uid, ctx.owner.gid)
+        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"], argvs,
+                                     ctx.owner.uid, ctx.owner.gid, container_name)
         checks.append(diff_server_flags(results, runtime.version("sglang")))
     return checks, stages
 

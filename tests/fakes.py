@@ -94,11 +94,11 @@ class FakeFacts:
     def port(self, port: int) -> PortFact:
         return self.ports.get(port, PortFact(port=port, state="free"))
 
-    def runtime(self, python: str, extra_env: dict, uid=None, gid=None):
+    def runtime(self, python: str, extra_env: dict, uid=None, gid=None, container=""):
         self.asked.append(("runtime", python))
         return self._runtime
 
-    def server_flags(self, python: str, extra_env: dict, argvs: dict, uid=None, gid=None) -> dict:
+    def server_flags(self, python: str, extra_env: dict, argvs: dict, uid=None, gid=None, container="") -> dict:
         self.asked.append(("server_flags", tuple(sorted(argvs))))
         return {stage: self.flags.get(stage, "") for stage in argvs}
 
