@@ -96,7 +96,7 @@ def schedule_context(desired: Desired, sglprep_argv: list, user: str, textfile: 
     return {
         "host": desired.host,
         "state": desired.state_path,
-        "inventory": desired.inventory_path or os.path.abspath("inventory.yaml"),
+        "inventory": desired.inventory_path,  # "" when none was read: the entry names none either
         "sglprep_argv": sglprep_argv,
         "user": user,
         "cron_user": f"{user} ",
