@@ -15,12 +15,10 @@ from .diff_storage import lock_liveness
 from .facts_host import LockFact
 from .facts_runtime import RuntimeFacts
 from .plan_model import Change
+from .state_layout import CACHE_DIRS, STAGES
 from .state_schema import SETTINGS_FIELDS
 
-STAGES = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
 SERVER_STAGES = ("deep_gemm", "flashinfer", "inductor")  # stages that start an SGLang server
-CACHE_DIRS = {"deep_gemm": "profiles/deep_gemm", "moe_tune": "profiles/moe_configs",
-              "flashinfer": "profiles/flashinfer", "inductor": "profiles/torchinductor"}
 STAGE_LIBRARIES = {"deep_gemm": ("deep_gemm",), "moe_tune": (), "flashinfer": ("flashinfer",), "inductor": ()}
 # Declared server settings that shape each stage's kernels. Settings not
 # declared in the schema (free-form flags) count for every server stage.

@@ -22,8 +22,7 @@ from .diff_storage import lock_liveness
 from .errors import STAGE_EXIT_CODES
 from .exec_privs import as_owner
 from .exec_runtime import Runtime
-from .exec_server import (PROMPT_TOKENS, ServerError, WarmupServer, prometheus_samples, settings_mismatch,
-                          sum_metric)
+from .exec_server import PROMPT_TOKENS, ServerError, WarmupServer, prometheus_samples, settings_mismatch
 from .facts_host import HostFacts, tree_stats
 from .facts_runtime import RuntimeFacts
 from .facts_stages import flashinfer_cache_problem, flashinfer_modules, signature_fact
@@ -425,7 +424,7 @@ class StageRunner:
         out.env = self.routing()
         out.artifacts.update(argv=argv, cache_dir=self._artifact("profiles/deep_gemm"),
                              compile_log=self._artifact(f"profiles/deep_gemm/{self.slug}/compile.log"))
-        before = _tree_stats(self.ctx.path("profiles/deep_gemm"))
+        before = tree_stats(self.ctx.path("profiles/deep_gemm"))
         sink = self._sink(compile_log)
         server = WarmupServer(self.runtime, self.data["server"]["host"], self.data["server"]["port"], sink)
         beat.set("compile")
@@ -450,29 +449,29 @@ class StageRunner:
         if not gone:
             raise StageFailed("cleanup_failed", f"compile_deep_gemm left processes behind ({how})")
         self._check_log(server, "deep_gemm")
-        after = _tree_stats(self.ctx.path("profiles/deep_gemm"))
-        out.artifacts["cubins"] = {"count": after[0], "bytes": after[1],
-                                   "files_delta": after[0] - before[0], "disk_delta_bytes": after[1] - before[1]}
+        after = tree_stats(self.ctx.path("profiles/deep_gemm"))
+        out.artifacts["cubins"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files,
+                                   "disk_delta_bytes": after.bytes - before.bytes}
 
     def _stage_flashinfer(self, out: StageOutcome, beat: Heartbeat) -> None:
-        before = _tree_stats(self.ctx.path("profiles/flashinfer"))
+        before = tree_stats(self.ctx.path("profiles/flashinfer"))
         out.artifacts["workspace_dir"] = self._artifact("profiles/flashinfer")
         log = self.ctx.path(f"profiles/flashinfer/{self.slug}/warmup.log")
         server = self._warmup("flashinfer", out, beat, log_files=(log,))
-        after = _tree_stats(self.ctx.path("profiles/flashinfer"))
-        out.artifacts["files"] = {"count": after[0], "bytes": after[1], "files_delta": after[0] - before[0]}
+        after = tree_stats(self.ctx.path("profiles/flashinfer"))
+        out.artifacts["files"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files}
         out.artifacts["jit_modules_built"] = server.scan.flashinfer_builds
         problem = self._flashinfer_problem()
         if problem:
             raise StageFailed("verify_failed", f"after the warm-up the FlashInfer cache is not warm: {problem}")
 
     def _stage_inductor(self, out: StageOutcome, beat: Heartbeat) -> None:
-        before = _tree_stats(self.ctx.path("profiles/torchinductor"))
+        before = tree_stats(self.ctx.path("profiles/torchinductor"))
         out.artifacts["cache_dir"] = self._artifact("profiles/torchinductor")
         log = self.ctx.path(f"profiles/torchinductor/{self.slug}/warmup.log")
         self._warmup("inductor", out, beat, log_files=(log,))
-        after = _tree_stats(self.ctx.path("profiles/torchinductor"))
-        out.artifacts["files"] = {"count": after[0], "bytes": after[1], "files_delta": after[0] - before[0]}
+        after = tree_stats(self.ctx.path("profiles/torchinductor"))
+        out.artifacts["files"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files}
 
     def _stage_moe_tune(self, out: StageOutcome, beat: Heartbeat) -> None:
         opts = self.data["caches"]["moe_tune"]
@@ -714,11 +713,6 @@ class StageRunner:
     def _artifact(self, rel: str) -> dict:
         return {"container_path": self.rpath(rel) if self.ctx.runtime_kind != "local" else None,
                 "host_path": self.ctx.path(rel)}
-
-
-def _tree_stats(path: str) -> tuple[int, int]:
-    stats = tree_stats(path)
-    return stats.files, stats.bytes
 
 
 def _merge_config(src: str, dest: str) -> str:

@@ -27,7 +27,6 @@ def render_metrics(host: str, plan: Plan | None, now: float | None = None) -> st
         f'sglprep_last_plan_timestamp_seconds{{host="{h}"}} {now if now is not None else time.time():.3f}',
     ]
     if plan is not None:
-        counts = plan.summary()
         by = {(a, c): 0 for a in DRIFT_ACTIONS for c in CAUSES}
         for change in plan.changes:
             if change.action in DRIFT_ACTIONS and change.cause in CAUSES:

@@ -62,12 +62,6 @@ class Desired(NamedTuple):
     state_path: str = ""  # the state file read (absolute)
     inventory_path: str = ""  # the inventory read (absolute; "" when none)
 
-    def get(self, dotted_key: str):
-        node = self.data
-        for part in dotted_key.split("."):
-            node = node[part]
-        return node
-
     @property
     def model_slug(self) -> str:
         slug = self.data["model"]["slug"]
