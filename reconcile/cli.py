@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, suppress=True)
     p.add_argument("--sizes", action="store_true", help="also count files, bytes and the newest mtime (one walk)")
 
-    from .plan_caches import CACHES
+    from .stages.caches import CACHES
 
     p = sub.add_parser("reset", help="delete cache entries (shows them first; --dry-run stops there)")
     _global_options(p, suppress=True)
@@ -214,7 +214,7 @@ def cmd_apply(args, argv=None) -> int:
 
     progress = StageProgress(sys.stderr, live=use_color(sys.stderr, args.no_color))
     try:
-        report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress)
+        report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress, facts=facts)
     finally:
         progress.close()
     result_lines = [f"RESULT_JSON {report.result_json}", report.result_status] if report.result_json else []
@@ -304,12 +304,13 @@ def _self_argv() -> list:
 def cmd_inspect(args) -> int:
     from .facts_host import HostFacts
     from .plan import build_plan, resolve_context
-    from .plan_caches import cache_snapshot
+    from .stages.caches import cache_snapshot
 
     desired = _load(args)
     facts = HostFacts()
     plan = build_plan(desired, facts)
-    snapshot = cache_snapshot(plan, facts, resolve_context(desired, facts), desired.model_slug, args.sizes)
+    snapshot = cache_snapshot(plan, facts, resolve_context(desired, facts), desired.data, desired.model_slug,
+                              args.sizes)
     if args.json:
         _emit_json(snapshot)
     else:
@@ -322,7 +323,7 @@ def cmd_inspect(args) -> int:
 def cmd_reset(args) -> int:
     from .facts_host import HostFacts
     from .plan import resolve_context
-    from .plan_caches import reset_selection
+    from .stages.caches import reset_selection
 
     if args.older_than is not None and args.older_than < 0:
         raise InputError(None, None, "--older-than", f"must be >= 0 days, got {args.older_than:g}")

@@ -6,60 +6,14 @@ facts in and read changes out.
 """
 from __future__ import annotations
 
-import posixpath
-from typing import NamedTuple
-
-from .facts_host import DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact
+from .context import Owner
+from .facts_host import DirFact, DiskFact, FileFact, LockFact, PointerFact, PortFact
+from .locks import lock_liveness
 from .plan_model import Change
 from .state_layout import parent_dir
 from .state_templates import DesiredFile, parse_managed, sha256_text
 
 GIB = 1 << 30
-# A process started this long after a lock's started_at is a different process
-# that reused the pid (clock granularity and ISO rounding stay well inside it).
-PID_REUSE_SLACK_S = 2.0
-
-
-class Owner(NamedTuple):
-    """Who owns the storage: resolved from storage.owner and the invoker."""
-
-    uid: int
-    gid: int
-    source: str  # "invoking user", "SUDO_UID/SUDO_GID", "storage.owner"
-    problem: str = ""  # non-empty: cannot act as this owner
-
-    @property
-    def spec(self) -> str:
-        return f"{self.uid}:{self.gid}"
-
-
-def resolve_owner(owner_setting: str, ident: Identity) -> Owner:
-    if owner_setting == "auto":
-        if not ident.is_root:
-            return Owner(ident.uid, ident.gid, "invoking user")
-        if ident.sudo_uid is not None:
-            gid = ident.sudo_gid if ident.sudo_gid is not None else ident.sudo_uid
-            return Owner(ident.sudo_uid, gid, "SUDO_UID/SUDO_GID")
-        return Owner(0, 0, "root", problem=(
-            "running as root with storage.owner: auto and no SUDO_UID; sglprep never writes the storage "
-            "as root → set storage.owner: UID:GID, or run it through sudo from the owning user"))
-    uid_text, _, gid_text = owner_setting.partition(":")
-    uid, gid = int(uid_text), int(gid_text)
-    if ident.is_root or (uid == ident.uid and gid == ident.gid):
-        return Owner(uid, gid, "storage.owner")
-    return Owner(uid, gid, "storage.owner", problem=(
-        f"storage.owner is {uid}:{gid} but sglprep runs as {ident.uid}:{ident.gid} → run it as that user, "
-        f"or as root (it then writes as {uid}:{gid})"))
-
-
-def storage_root(root_setting: str, owner: Owner, ident: Identity, home_of) -> str:
-    """Absolute storage root; `~` is the owner's home (the sudo caller's, under sudo)."""
-    if root_setting == "~" or root_setting.startswith("~/"):
-        home = ident.home
-        if owner.uid != ident.uid or ident.is_root:
-            home = home_of(owner.uid) or home
-        root_setting = home.rstrip("/") + root_setting[1:]
-    return posixpath.normpath(posixpath.abspath(root_setting))
 
 
 def _q(path: str) -> str:
@@ -222,28 +176,6 @@ def unified_diff(old: str, new: str, rel: str) -> str:
 
 
 # -------------------------------------------------------------- locks, markers
-
-def _iso(epoch: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def lock_liveness(lock: LockFact, hostname: str) -> tuple[str, str]:
-    """('live' | 'stale' | 'foreign', why) for a parsed lock or marker."""
-    if lock.host and lock.host != hostname:
-        return "foreign", f"held by pid {lock.owner_pid} on host {lock.host}"
-    proc = lock.process
-    if not proc.alive:
-        return "stale", f"pid {lock.owner_pid} gone"
-    started = lock.started_epoch
-    if started is not None and proc.create_time and proc.create_time > started + PID_REUSE_SLACK_S:
-        return "stale", (f"pid {lock.owner_pid} was reused (process started {_iso(proc.create_time)}, "
-                         f"lock taken {lock.started_at})")
-    cmd = " ".join(proc.cmdline)[:80]
-    return "live", f"held by live pid {lock.owner_pid}" + (f" ({cmd})" if cmd else "") + \
-        (f" since {lock.started_at}" if lock.started_at else "")
-
 
 def diff_lock(lock: LockFact, hostname: str) -> Change:
     address = f"lock:{lock.name}"

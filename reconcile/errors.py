@@ -11,7 +11,6 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_STALE_PLAN = 3
 EXIT_LOCKED = 4
-STAGE_EXIT_CODES = {"deep_gemm": 10, "moe_tune": 11, "flashinfer": 12, "inductor": 13, "custom": 14}
 
 
 class SglprepError(Exception):

@@ -8,21 +8,20 @@ everything else runs.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 
-from .diff_storage import lock_liveness
-from .errors import EXIT_ERROR, EXIT_OK, LockTimeoutError
+from .context import Context
+from .errors import EXIT_ERROR, EXIT_OK, InputError, LockTimeoutError
 from .exec_privs import as_owner
-from .exec_stages import StagesExecutor
-from .exec_storage import CHANGED, FAILED, SKIPPED, UNCHANGED, Result, StorageExecutor
+from .exec_storage import StorageExecutor
 from .facts_host import HostFacts
-from .journal import SessionLog, create_exclusive, new_run_id, utc_now_iso
-from .plan import Context
-from .plan_model import Plan
+from .journal import SessionLog, new_run_id, utc_now_iso
+from .locks import LockTimeout, acquire, lock_info, release
+from .plan_model import CHANGED, FAILED, SKIPPED, UNCHANGED, Plan, Result
+from .stages import catalog
+from .stages.executor import StagesExecutor
 from .state_layout import LOCKS_DIR, LOGS_DIR, lock_path, parent_dir
 from .state_load import Desired
 
@@ -64,56 +63,29 @@ class RunLock:
         self.path = ctx.path(lock_path(RUN_LOCK))
         self.held = False
 
-    def acquire(self) -> None:
-        info = json.dumps({"owner_pid": os.getpid(), "started_at": utc_now_iso(), "host": self.ctx.hostname,
-                           "command": self.command}) + "\n"
-        deadline = time.monotonic() + self.timeout_s
-        next_beat = time.monotonic() + self.heartbeat_s
-        while True:
-            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-                if create_exclusive(self.path, info):
-                    self.held = True
-                    return
-            lock = HostFacts().lock_file(RUN_LOCK, self.path)
-            if lock.kind == "missing":
-                continue
-            if lock.kind == "ok":
-                state, why = lock_liveness(lock, self.ctx.hostname)
-                if state == "stale":
-                    self.say(f"lock:apply: reclaiming stale run lock ({why})")
-                    self._remove_if_same(lock)
-                    continue
-            else:
-                why = f"unreadable run lock ({lock.error})"
-            now = time.monotonic()
-            if now >= deadline:
-                raise LockTimeoutError(
-                    f"another apply holds the run lock {self.path}: pid {lock.owner_pid}, started "
-                    f"{lock.started_at or '?'} ({why}); waited {self.timeout_s:g}s (timeouts.lock_s)")
-            if now >= next_beat:
-                self.say(f"lock:apply: waiting for pid {lock.owner_pid} (started {lock.started_at or '?'})")
-                next_beat = now + self.heartbeat_s
-            time.sleep(min(0.2, max(0.01, deadline - now)))
+    def _owner(self):
+        return as_owner(self.ctx.owner.uid, self.ctx.owner.gid)
 
-    def _remove_if_same(self, lock) -> None:
-        again = HostFacts().lock_file(RUN_LOCK, self.path)
-        if again.kind == "ok" and (again.owner_pid, again.started_at) == (lock.owner_pid, lock.started_at):
-            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+    def acquire(self) -> None:
+        def on_stale(why: str) -> None:
+            self.say(f"lock:apply: reclaiming stale run lock ({why})")
+
+        def on_wait(lock, why: str, held: float) -> None:
+            self.say(f"lock:apply: waiting for pid {lock.owner_pid} (started {lock.started_at or '?'})")
+
+        try:
+            acquire(self.path, RUN_LOCK, lock_info(self.ctx.hostname, self.command), self.ctx.hostname,
+                    self.timeout_s, self._owner, on_stale=on_stale, on_wait=on_wait, wait_every_s=self.heartbeat_s)
+        except LockTimeout as exc:
+            lock = exc.lock
+            raise LockTimeoutError(
+                f"another apply holds the run lock {self.path}: pid {lock.owner_pid}, started "
+                f"{lock.started_at or '?'} ({exc}); waited {self.timeout_s:g}s (timeouts.lock_s)") from None
+        self.held = True
 
     def release(self) -> None:
-        if not self.held:
-            return
-        lock = HostFacts().lock_file(RUN_LOCK, self.path)
-        if lock.kind == "ok" and lock.owner_pid == os.getpid():
-            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+        if self.held:
+            release(self.path, RUN_LOCK, self._owner)
         self.held = False
 
 
@@ -126,64 +98,92 @@ def _bootstrap_addresses() -> list[str]:
     return ["check:storage_owner"] + chain[::-1]
 
 
+STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port")
+
+
+def executor_table(desired: Desired, ctx: Context, facts, say, stage_executor) -> dict:
+    """The closed {resource type: executor} table of one apply. A change of
+    any other type is an error, never a silent skip."""
+    storage = StorageExecutor(desired, ctx, facts)
+    table = {t: storage for t in STORAGE_TYPES + tuple(catalog.resource_types())}
+    if ctx.runtime_kind == "docker":
+        from .exec_docker import ContainerExecutor
+        from .plan import desired_container
+
+        want, want_hash = desired_container(desired, ctx)
+        table["container"] = ContainerExecutor(desired, ctx, want, want_hash, facts.environ, say)
+    table["stage"] = stage_executor
+    return table
+
+
+def check_types(plan: Plan, types) -> None:
+    unknown = sorted({c.type for c in plan.changes if c.type not in types})
+    if unknown:
+        raise InputError(None, None, None, f"no executor for resource type(s) {', '.join(unknown)} in the plan "
+                         f"(known: {', '.join(sorted(types))})")
+
+
+class _LazyStages:
+    """The stage executor, created at the first stage (with a container, its
+    run id and session log come from the manifest it has just published)."""
+
+    def __init__(self, make):
+        self.make, self.executor = make, None
+
+    def get(self):
+        if self.executor is None:
+            self.executor = self.make()
+        return self.executor
+
+    def execute(self, change) -> Result:
+        return self.get().execute(change)
+
+
 def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None = None,
-               command: str = "sglprep apply", say=None, progress=None,
-               environ: dict | None = None) -> ApplyReport:
-    """Carry out `plan`. `say(line)`: lock and warning lines; `progress(stage,
-    phase, elapsed_s)`: stage progress for a live display."""
+               command: str = "sglprep apply", say=None, progress=None, facts=None) -> ApplyReport:
+    """Carry out `plan`. `facts`: the HostFacts the plan was built from (its
+    runtime probe is reused). `say(line)`: lock and warning lines;
+    `progress(stage, phase, elapsed_s)`: stage progress for a live display."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    facts = facts if facts is not None else HostFacts()
+    environ = facts.environ
     report = ApplyReport(run_id=new_run_id(), host=plan.host, fingerprint=plan.fingerprint,
                          started_at=utc_now_iso())
     selected = _select(plan, only)
     todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
     if not todo:  # a converged host: take no lock, write nothing (but a missing or outdated record)
         report.finished_at = utc_now_iso()
-        _record_if_outdated(plan, desired, ctx, report, environ)
+        _record_if_outdated(plan, desired, ctx, report, facts)
         return report
 
     log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"))
-    executors = {"container": None}
-    if ctx.runtime_kind == "docker":
-        from .exec_docker import ContainerExecutor
-        from .plan import desired_container
-
-        want, want_hash = desired_container(desired, ctx)
-        executors["container"] = ContainerExecutor(desired, ctx, want, want_hash, environ, say)
-    storage = StorageExecutor(desired, ctx, environ)
     wants_stages = any(c.type == "stage" for c in todo)
-    stages: StagesExecutor | None = None
     status: dict = {}
 
-    def stage_executor() -> StagesExecutor:
-        """Created at the first stage: with a container, its run (id and
-        session log) comes from the manifest it has just published."""
-        nonlocal stages, log
-        if stages is None:
-            if ctx.runtime_kind == "docker":
-                run_id, log_path = _container_run(ctx, environ)
-                if run_id:
-                    report.run_id = run_id
-                    log = SessionLog(log_path)
-            stages = StagesExecutor(plan, desired, ctx, log, report.run_id, progress, environ)
-        return stages
+    def make_stages() -> StagesExecutor:
+        nonlocal log
+        if ctx.runtime_kind == "docker":
+            run_id, log_path = _container_run(ctx, environ)
+            if run_id:
+                report.run_id = run_id
+                log = SessionLog(log_path)
+        return StagesExecutor(plan, desired, ctx, log, report.run_id, progress, facts)
+
+    stages = _LazyStages(make_stages)
+    executors = executor_table(desired, ctx, facts, say, stages)
+    check_types(plan, executors)
 
     def run(change) -> None:
         failed_dep = next((d for d in change.depends_on if status.get(d) in (FAILED, SKIPPED)), None)
         if failed_dep:
             result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
             if change.type == "stage":
-                stage_executor().skip(change, result.message)
-        elif change.type == "stage":
-            executor = stage_executor()
-            if not _open_log(log, ctx, report):
-                result = Result(change.address, change.action, FAILED, "cannot open the session log",
-                                "permissions_unexpected")
-            else:
-                result = executor.execute(change)
-        elif change.type == "container":
-            result = executors["container"].execute(change)
+                stages.get().skip(change, result.message)
+        elif change.type == "stage" and not (stages.get() and _open_log(log, ctx, report)):
+            result = Result(change.address, change.action, FAILED, "cannot open the session log",
+                            "permissions_unexpected")
         else:
-            result = storage.execute(change)
+            result = executors[change.type].execute(change)
         status[change.address] = result.status
         report.results.append(result)
 
@@ -202,29 +202,29 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         report.finished_at = utc_now_iso()
         failed = any(r.status in (FAILED, SKIPPED) for r in report.results)
         report.exit_code = EXIT_ERROR if failed else EXIT_OK
-        if wants_stages and stages is None:
-            stage_executor()
-        if stages is not None and _open_log(log, ctx, report):
-            report.result_json, report.result_status, stage_code = stages.finish()
+        if wants_stages:
+            stages.get()
+        if stages.executor is not None and _open_log(log, ctx, report):
+            report.result_json, report.result_status, stage_code = stages.executor.finish()
             if stage_code:
                 report.exit_code = stage_code
         _journal(report, ctx, log)
         log.close()
-        _record_apply(desired, ctx, report, environ)
+        _record_apply(desired, ctx, report, facts)
         lock.release()
     return report
 
 
-def _record_if_outdated(plan: Plan, desired: Desired, ctx: Context, report: ApplyReport, environ) -> None:
+def _record_if_outdated(plan: Plan, desired: Desired, ctx: Context, report: ApplyReport, facts) -> None:
     from .plan import plan_intents
     from .state_layout import LAST_APPLY
 
-    record = HostFacts(environ).last_apply(ctx.path(LAST_APPLY))
+    record = facts.fresh().last_apply(ctx.path(LAST_APPLY))
     if record.kind != "ok" or record.intents != plan_intents(plan):
-        _record_apply(desired, ctx, report, environ)
+        _record_apply(desired, ctx, report, facts)
 
 
-def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, environ) -> None:
+def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, facts) -> None:
     """telemetry/sglprep/last-apply.json: the applied desired state, each
     resource's intent and the facts after the apply, written atomically.
     Later plans classify drift against it (corrective vs intentional)."""
@@ -235,7 +235,7 @@ def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, environ) 
     path = ctx.path(LAST_APPLY)
     if not os.path.isdir(os.path.dirname(path)):
         return
-    after = build_plan(desired, HostFacts(environ), own_pid=os.getpid())
+    after = build_plan(desired, facts.fresh(), own_pid=os.getpid())
     doc = {"format_version": "1", "host": desired.host, "applied_at": report.finished_at, "run_id": report.run_id,
            "state_file": desired.state_file, "sources_sha": desired.sources_sha, "exit_code": report.exit_code,
            "desired": desired.data, "intents": plan_intents(after),

@@ -16,17 +16,11 @@ import threading
 import time
 
 from .exec_runtime import _group_alive, _signal_group
-from .exec_storage import CHANGED, FAILED, UNCHANGED, Result
-from .facts_docker import container_fact, engine_fact, image_fact
+from .facts_docker import client, container_fact, engine_fact, image_fact
 from .facts_host import HostFacts, parse_iso
+from .plan_model import CHANGED, FAILED, UNCHANGED, Result
 from .state_container import LABEL_CONFIG, LABEL_HASH, LABEL_MANAGED
 from .state_layout import POINTER
-
-
-def client(environ=None):
-    import docker
-
-    return docker.from_env(environment=dict(os.environ if environ is None else environ), timeout=120)
 
 
 class ContainerExecutor:
@@ -287,19 +281,3 @@ class DockerRuntime:
         proc.drain()
         gone = not alive()
         return gone, (", ".join(steps) or "already exited") + ("" if gone else "; processes remain")
-
-
-def docker_prober(container: str, uid: int, gid: int, env: dict, environ=None):
-    """Runs read-only probes inside the container (returns rc, stdout, stderr)."""
-    def run(argv: list) -> tuple:
-        import docker
-
-        try:
-            cont = client(environ).containers.get(container)
-            rc, output = cont.exec_run(argv, user=f"{uid}:{gid}", environment=env, demux=True)
-        except docker.errors.DockerException as exc:
-            return 125, "", f"docker exec in {container}: {exc}"
-        out, err = output if isinstance(output, tuple) else (output, b"")
-        return rc, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
-    return run
-

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 
-from .diff_storage import lock_liveness
+from .context import Context
 from .errors import SglprepError
 from .exec_apply import RunLock
 from .exec_privs import as_owner
 from .facts_host import HostFacts
 from .journal import SessionLog, new_run_id, utc_now_iso
-from .plan import Context
+from .locks import lock_liveness
 from .state_layout import LOCKS_DIR, LOGS_DIR, lock_path
 
 
@@ -36,7 +36,7 @@ def live_stage_locks(ctx: Context) -> list[str]:
 
 
 def reset(entries: list, desired, ctx: Context, say=None) -> dict:
-    """Delete `entries` (from plan_caches.reset_selection); the JSON report."""
+    """Delete `entries` (from stages.caches.reset_selection); the JSON report."""
     held = live_stage_locks(ctx)
     if held:
         raise ResetRefused("refusing to reset while a stage runs: " + "; ".join(held))

@@ -10,45 +10,38 @@ run as the storage owner (`as_owner`).
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
 
+from .context import Context
 from .exec_privs import as_owner
-from .facts_host import HostFacts
 from .journal import atomic_write
-from .plan import Context, diff_resource
-from .plan_model import Change
+from .plan import diff_resource
+from .plan_model import CHANGED, FAILED, UNCHANGED, Change, Result
+from .stages import catalog
 from .state_load import Desired
 from .state_templates import desired_files
 
-CHANGED, UNCHANGED, FAILED, SKIPPED = "changed", "unchanged", "failed", "skipped"
-
-
-class Result(NamedTuple):
-    address: str
-    action: str
-    status: str  # changed | unchanged | failed | skipped
-    message: str = ""
-    error_type: str = ""
-
-    def to_json(self) -> dict:
-        out = {"address": self.address, "action": self.action, "result": self.status, "message": self.message}
-        if self.error_type:
-            out["error_type"] = self.error_type
-        return out
-
 
 class StorageExecutor:
-    """Carries out storage changes for one run."""
+    """Carries out storage changes for one run, and the extra resources a
+    stage kind owns (its `apply_resource`)."""
 
-    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port", "flashinfer")
+    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port")
 
-    def __init__(self, desired: Desired, ctx: Context, environ: dict | None = None):
+    def __init__(self, desired: Desired, ctx: Context, facts):
         self.desired = desired
         self.ctx = ctx
-        self.environ = environ
+        self.facts = facts
+        self.actions = {"directory": self._do_directory, "file": self._do_file, "lock": self._do_lock,
+                        "pointer": self._do_pointer}
+        kinds = catalog.resource_types()
+        for stage in catalog.stages(desired.data):
+            for rtype, kind in kinds.items():
+                if isinstance(stage, kind):
+                    self.actions[rtype] = stage.apply_resource
+        self.handles = self.handles + tuple(kinds)
 
     def _recheck(self, change: Change) -> Change | None:
-        return diff_resource(change.address, self.desired, HostFacts(self.environ), self.ctx, os.getpid())
+        return diff_resource(change.address, self.desired, self.facts.fresh(), self.ctx, os.getpid())
 
     def execute(self, change: Change) -> Result:
         if change.action == "blocked":
@@ -59,9 +52,13 @@ class StorageExecutor:
         if fresh.action != change.action:
             return Result(change.address, change.action, FAILED,
                           f"changed since the plan: now {fresh.text()}", fresh.reason)
+        action = self.actions.get(fresh.type)
+        if action is None:
+            return Result(change.address, change.action, FAILED, f"no action for {fresh.type} resources",
+                          "internal_error")
         try:
             with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-                message = getattr(self, f"_do_{fresh.type}")(fresh)
+                message = action(fresh)
         except OSError as exc:
             error_type = "permissions_unexpected" if isinstance(exc, PermissionError) else "os_error"
             return Result(change.address, change.action, FAILED,
@@ -91,19 +88,3 @@ class StorageExecutor:
         path = self.ctx.path("telemetry/container_run_meta.env")
         os.unlink(path)
         return f"removed {change.message}"
-
-    def _do_flashinfer(self, change: Change) -> str:
-        """Remove module builds without their .so and the free locks they left."""
-        import shutil
-
-        for path in change.observed["stale_locks"]:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        for name in change.observed["broken"]:
-            path = os.path.join(change.observed["cached_ops"], name)
-            if os.path.lexists(path):
-                shutil.rmtree(path)  # an error (e.g. another owner's files) fails the change
-        return (f"removed {len(change.observed['broken'])} incomplete module build(s), "
-                f"{len(change.observed['stale_locks'])} stale lock(s)")

@@ -108,3 +108,26 @@ def image_fact(environ, ref: str) -> ImageFact:
     if status != 200 or not isinstance(data, dict):
         return ImageFact(ref=ref, kind="missing")
     return ImageFact(ref=ref, kind="present", id=data.get("Id", ""))
+
+
+def client(environ=None):
+    """The docker SDK's client (imported only when an engine call needs it)."""
+    import docker
+
+    return docker.from_env(environment=dict(os.environ if environ is None else environ), timeout=120)
+
+
+def docker_prober(container: str, uid: int, gid: int, env: dict, environ=None):
+    """Runs read-only probes inside the container as uid:gid (returns rc,
+    stdout, stderr): the runtime probe and the flag parser."""
+    def run(argv: list) -> tuple:
+        import docker
+
+        try:
+            cont = client(environ).containers.get(container)
+            rc, output = cont.exec_run(argv, user=f"{uid}:{gid}", environment=env, demux=True)
+        except docker.errors.DockerException as exc:
+            return 125, "", f"docker exec in {container}: {exc}"
+        out, err = output if isinstance(output, tuple) else (output, b"")
+        return rc, (out or b"").decode(errors="replace"), (err or b"").decode(errors="replace")
+    return run

@@ -3,9 +3,16 @@
 Every fact is a small immutable record (a NamedTuple: cheap to define, which
 keeps `sglprep plan` fast) with an explicit `kind`; nothing here
 returns None for one case and False or a dict for another. Gathering never
-writes and never starts a process. `HostFacts` memoizes each fact so one run
-asks the host once; apply re-checks a fact just before acting by asking a
-fresh `HostFacts` (or `HostFacts.fresh()`).
+writes; the only processes it starts are the read-only probes (the runtime
+probe, SGLang's argument parser, `ninja -n`).
+
+What is lazy, honestly: `HostFacts` gathers a fact the first time a diff
+asks for it and memoizes it, so a plan reads only what its resources need
+(a converged storage-only plan never starts the runtime probe or imports the
+docker SDK). Apply re-checks each change just before acting against
+`fresh()` facts: the filesystem, processes and ports are read again, while
+the runtime probe and the flag check are carried over, so one command
+probes the runtime at most once.
 """
 from __future__ import annotations
 
@@ -180,8 +187,20 @@ class HostFacts:
         self._env = os.environ if environ is None else environ
         self._memo: dict = {}
 
+    # Facts that stay true for one command: the runtime's versions and GPUs,
+    # and its parser's verdict on a given argv.
+    CARRIED = ("runtime", "flags")
+
     def fresh(self) -> "HostFacts":
-        return HostFacts(self._env)
+        """A new view of the host that re-reads everything but the runtime
+        probe and flag checks this one already made."""
+        out = HostFacts(self._env)
+        out._memo = {k: v for k, v in self._memo.items() if k[0] in self.CARRIED}
+        return out
+
+    @property
+    def environ(self):
+        return self._env
 
     def _cached(self, key, compute):
         try:
@@ -268,7 +287,7 @@ class HostFacts:
     def _prober(self, extra_env: dict, uid, gid, container: str):
         """Probes run in the runtime: this host, or `container` via docker exec."""
         if container:
-            from .exec_docker import docker_prober
+            from .facts_docker import docker_prober
 
             return docker_prober(container, uid, gid, extra_env, self._env)
         from .facts_runtime import local_prober

@@ -9,8 +9,24 @@ import json
 import os
 from typing import NamedTuple
 
-from .diff_stages import ModelFact, SignatureFact
 from .facts_runtime import Prober
+
+
+class SignatureFact(NamedTuple):
+    """A stage's `signature.json`: what its cache was built for."""
+
+    path: str
+    kind: str  # missing | ok | unparseable
+    signature: dict = {}
+    written_at: str = ""
+    error: str = ""
+
+
+class ModelFact(NamedTuple):
+    path: str  # config.json as read on the host
+    kind: str  # ok | missing | unparseable
+    max_context: int = 0  # max_position_embeddings (0 when absent)
+    error: str = ""
 
 
 def _read_json(path: str) -> tuple[str, object, str]:
@@ -195,9 +211,6 @@ def validate_server_flags(python: str, prober: Prober, argvs: dict) -> dict:
     the parser's error line (e.g. `sglang serve: error: unrecognized arguments: false`)."""
     if not argvs:
         return {}
-    # the deep_gemm argv carries compile_deep_gemm's own --timeout, which the
-    # server parser does not know: validate the server flags it shares
-    argvs = {stage: _without_timeout(argv) for stage, argv in argvs.items()}
     rc, out, err = prober([python, "-B", "-c", VALIDATE_FLAGS_SCRIPT, json.dumps(argvs)])
     if rc == 0:
         try:
@@ -206,16 +219,3 @@ def validate_server_flags(python: str, prober: Prober, argvs: dict) -> dict:
             pass
     last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
     return {stage: f"could not run SGLang's argument parser: {last[0]}" for stage in argvs}
-
-
-def _without_timeout(argv: list) -> list:
-    out, skip = [], False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        if item == "--timeout":
-            skip = True
-            continue
-        out.append(item)
-    return out

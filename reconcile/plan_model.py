@@ -1,14 +1,19 @@
-"""Typed plan data: a `Change` per resource and the ordered `Plan`.
+"""Typed plan data: a `Change` per resource, the ordered `Plan`, and the
+`Result` an executor returns for a change.
 
 Changes are plain data with an address (`type:name`), an action from a closed
 set, a machine-readable `reason`, a human `message`, the `before`/`after`
 values (Ansible's module contract) and the facts they relied on (`observed`,
 which feeds the plan fingerprint). Renderers and executors read these objects
 and nothing else.
+
+The executor contract lives here too, beside the data it consumes: an
+executor is anything with `execute(change) -> Result`; apply dispatches
+through a closed `{type: executor}` table.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 FORMAT_VERSION = "1"
 ACTIONS = ("create", "update", "replace", "delete", "run", "noop", "blocked")
@@ -76,6 +81,32 @@ class Change(NamedTuple):
                    message=data.get("message", ""), depends_on=tuple(data.get("depends_on", ())),
                    before=data.get("before"), after=data.get("after"), diff=data.get("diff", ""),
                    warnings=tuple(data.get("warnings", ())), cause=data.get("cause", ""))
+
+
+# What an executor did with one change.
+CHANGED, UNCHANGED, FAILED, SKIPPED = "changed", "unchanged", "failed", "skipped"
+RESULT_STATUSES = (CHANGED, UNCHANGED, FAILED, SKIPPED)
+
+
+class Result(NamedTuple):
+    address: str
+    action: str
+    status: str  # changed | unchanged | failed | skipped
+    message: str = ""
+    error_type: str = ""
+
+    def to_json(self) -> dict:
+        out = {"address": self.address, "action": self.action, "result": self.status, "message": self.message}
+        if self.error_type:
+            out["error_type"] = self.error_type
+        return out
+
+
+class Executor(Protocol):
+    """Carries out one planned change (re-checking it against fresh facts
+    first) and says what happened."""
+
+    def execute(self, change: Change) -> Result: ...
 
 
 class Plan:

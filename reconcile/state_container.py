@@ -31,7 +31,7 @@ def container_config(data: dict, root: str, owner_spec: str, init_script_sha: st
         mounts.append({"source": posixpath.join(root, INIT_SCRIPT_HOST), "target": INIT_SCRIPT_CONTAINER,
                        "read_only": True})
     mounts += [{"source": m["source"], "target": m["target"], "read_only": m["read_only"]} for m in c["mounts"]]
-    env = cache_env("/profiles", moe_config_ready=False)
+    env = cache_env("/profiles")
     env.update({
         "HF_HOME": HF_CONTAINER,
         "RUN_FILE_UID": uid, "RUN_FILE_GID": gid,

@@ -42,34 +42,25 @@ def setting_flags(settings: dict) -> list[str]:
     return argv
 
 
-def server_argv(stage: str, data: dict, model_path: str, timeout_s: float) -> list[str]:
-    """Arguments for `python -m sglang.launch_server` (or `compile_deep_gemm`)."""
+def server_argv(data: dict, model_path: str, stage_flags: list) -> list[str]:
+    """Arguments for an SGLang server entry point: the common flags, every
+    setting as an explicit flag, the stage's own flags, then extra_args."""
     server = data["server"]
     argv = ["--model-path", model_path, "--host", server["host"], "--port", str(server["port"]),
             "--tp-size", str(data["tp"])]
     argv += setting_flags(server["settings"])
-    if stage == "deep_gemm":
-        argv += ["--timeout", str(int(timeout_s))]
-    else:
-        argv += ["--enable-metrics", "--watchdog-timeout", str(int(timeout_s))]
-        if stage == "flashinfer" and data["caches"]["flashinfer"].get("attention_backend"):
-            argv += ["--attention-backend", data["caches"]["flashinfer"]["attention_backend"]]
-        if stage == "inductor":
-            argv.append("--enable-torch-compile")
+    argv += list(stage_flags)
     argv += list(server["extra_args"])
     return argv
 
 
-def server_module(stage: str) -> str:
-    return "sglang.compile_deep_gemm" if stage == "deep_gemm" else "sglang.launch_server"
-
-
-def cache_env(profiles: str, moe_config_ready: bool) -> dict:
+def cache_env(profiles: str, ready: dict | None = None) -> dict:
     """Cache routing for every process sglprep starts in the runtime.
 
-    `profiles` is the profiles directory as the runtime sees it.
-    SGLANG_MOE_CONFIG_DIR is set only once its configs/triton_<ver>/ tree
-    holds tuned configs: set, it hides SGLang's packaged configs entirely.
+    `profiles` is the profiles directory as the runtime sees it. `ready`:
+    routing that a stage allows only once its cache is valid (env var → dir
+    under profiles): SGLANG_MOE_CONFIG_DIR, once set, hides SGLang's packaged
+    MoE configs entirely, so it is routed only after moe_tune succeeded.
     """
     env = {
         "TRITON_CACHE_DIR": posixpath.join(profiles, "triton"),
@@ -78,8 +69,8 @@ def cache_env(profiles: str, moe_config_ready: bool) -> dict:
         "SGLANG_DG_CACHE_DIR": posixpath.join(profiles, "deep_gemm"),
         "CUDA_CACHE_PATH": posixpath.join(profiles, "nv"),
     }
-    if moe_config_ready:
-        env["SGLANG_MOE_CONFIG_DIR"] = posixpath.join(profiles, "moe_configs")
+    for var, rel in (ready or {}).items():
+        env[var] = posixpath.join(profiles, rel)
     return env
 
 

@@ -37,16 +37,6 @@ RUNS_DIR = "telemetry/container_runs"
 INIT_SCRIPT = "telemetry/sglprep/init-run.sh"
 LAST_APPLY = "telemetry/sglprep/last-apply.json"
 
-# Where each cache stage keeps its artifacts (under profiles/).
-STAGES: tuple[str, ...] = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
-CACHE_DIRS: dict[str, str] = {
-    "deep_gemm": "profiles/deep_gemm",
-    "moe_tune": "profiles/moe_configs",
-    "flashinfer": "profiles/flashinfer",
-    "inductor": "profiles/torchinductor",
-}
-
-
 def parent_dir(rel: str) -> str | None:
     """The managed parent directory of `rel`, or None for a top-level one."""
     head, sep, _ = rel.rpartition("/")

@@ -8,18 +8,17 @@ every key declared here (a test keeps the two in step).
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InputError
+from .stages.catalog import default_modes, option_specs
+from .state_spec import MODES, SETTINGS_FIELDS, S, Spec
 from .state_yaml import KeyPath, Located, dotted
 
-MODES = ("ensure", "rebuild", "skip")
-STAGE_NAMES = ("deep_gemm", "moe_tune", "flashinfer", "inductor")
 SLUG_RE = re.compile(r"^[a-z0-9._-]+$")
 SETTING_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 CUSTOM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 OWNER_RE = re.compile(r"^(\d+):(\d+)$")
-KV_CACHE_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
 # SGLang parses these with human_readable_int: "8k" means 8000, not 8192.
 HUMAN_READABLE_INT_SETTINGS = ("context_length", "max_prefill_tokens", "max_total_tokens")
 
@@ -35,32 +34,6 @@ def _show(value: Any, raw: str | None) -> str:
     if raw is not None:
         return repr(raw)
     return repr(value)
-
-
-class Spec:
-    """One key's type, default and constraints."""
-
-    __slots__ = ("kind", "default", "choices", "minimum", "maximum", "exclusive_minimum", "fields", "item",
-                 "check", "open_keys", "doc", "required")
-
-    def __init__(self, kind: str, default: Any = None, choices: tuple = (), minimum: float | None = None,
-                 maximum: float | None = None, exclusive_minimum: bool = False, fields: dict | None = None,
-                 item: "Spec | None" = None, check: Callable[[Any], str | None] | None = None,
-                 open_keys: bool = False, doc: str = "", required: bool = False):
-        self.kind = kind  # str, int, number, bool, enum, map, dict, list, mode_or_map, setting, any
-        self.default = default
-        self.choices = choices
-        self.minimum, self.maximum, self.exclusive_minimum = minimum, maximum, exclusive_minimum
-        self.fields = fields or {}  # for kind=map
-        self.item = item  # for list / dict values
-        self.check = check  # extra check: message or None
-        self.open_keys = open_keys  # map: unknown keys allowed (validated by `item`)
-        self.doc = doc
-        self.required = required  # in a map: the key must be given
-
-
-def S(**kw) -> Spec:  # noqa: N802 - short constructor keeps the schema table readable
-    return Spec(**kw)
 
 
 def _owner_check(value: str) -> str | None:
@@ -89,30 +62,6 @@ def _gpus_check(value: Any) -> str | None:
         return None
     return f"must be 'all', 'none' or a list of device ids, got {value!r}"
 
-
-def _stage_options(**extra: Spec) -> Spec:
-    fields = {
-        "mode": S(kind="enum", choices=MODES, default="ensure", doc="ensure | rebuild | skip"),
-        "verify": S(kind="bool", default=False, doc="prove the cache warm after priming"),
-        "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=None,
-                       doc="stage timeout; default timeouts.stage_s"),
-        "env": S(kind="dict", item=S(kind="str"), default={}, doc="extra environment for this stage's processes"),
-    }
-    fields.update(extra)
-    return S(kind="mode_or_map", fields=fields)
-
-
-SETTINGS_FIELDS: dict[str, Spec] = {
-    "mem_fraction_static": S(kind="number", minimum=0, maximum=1, exclusive_minimum=True, default=0.94),
-    "kv_cache_dtype": S(kind="enum", choices=KV_CACHE_DTYPES, default="fp8_e4m3"),
-    "chunked_prefill_size": S(kind="int", default=4096,
-                              check=lambda v: None if v == -1 or v > 0 else "must be -1 (off) or > 0"),
-    "max_mamba_cache_size": S(kind="int", minimum=1, default=1),
-    "context_length": S(kind="int", minimum=1, default=32768),
-    "max_prefill_tokens": S(kind="int", minimum=1, default=32768),
-    "max_total_tokens": S(kind="int", minimum=1, default=None),
-    "cuda_graph": S(kind="bool", default=True),
-}
 
 SCHEMA = S(kind="map", fields={
     "version": S(kind="int", default=1, check=lambda v: None if v == 1 else f"must be 1, got {v}"),
@@ -158,44 +107,8 @@ SCHEMA = S(kind="map", fields={
         "settings": S(kind="map", fields=SETTINGS_FIELDS, open_keys=True, item=S(kind="setting")),
         "extra_args": S(kind="list", item=S(kind="str"), default=[]),
     }),
-    "caches": S(kind="map", fields={
-        "deep_gemm": _stage_options(),
-        "moe_tune": _stage_options(
-            script=S(kind="str", default=None, doc="the fused-MoE Triton tuner, as the runtime sees it"),
-            batch_sizes=S(kind="list", item=S(kind="int", minimum=1), default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
-                          check=lambda v: None if v else "must list at least one batch size"),
-            dtype=S(kind="str", default="fp8_w8a8", doc="tuner --dtype"),
-            tuner_args=S(kind="list", item=S(kind="str"), default=[], doc="more tuner argv items"),
-        ),
-        "flashinfer": _stage_options(
-            attention_backend=S(kind="str", default=None,
-                                doc="pass --attention-backend (e.g. flashinfer) to the warm-up server"),
-            via=S(kind="enum", choices=("server", "direct"), default="server",
-                  doc="server: a warm-up server; direct: build `modules` with FlashInfer's per-module JIT"),
-            modules=S(kind="list", default=[], item=S(kind="map", fields={
-                "kind": S(kind="enum", choices=("decode", "prefill"), required=True),
-                "head_dim": S(kind="int", minimum=1, default=128),
-                "dtype": S(kind="enum", choices=("bf16", "fp16"), default="bf16"),
-                "kv_dtype": S(kind="enum", choices=("bf16", "fp16", "fp8_e4m3", "fp8_e5m2"), default=None),
-                "backend": S(kind="enum", choices=("fa2", "fa3", "auto"), default="fa2"),
-                "num_qo_heads": S(kind="int", minimum=1, default=32),
-                "num_kv_heads": S(kind="int", minimum=1, default=8),
-                "page_size": S(kind="int", minimum=1, default=16),
-            })),
-            max_parallel=S(kind="int", minimum=1, default=4, doc="direct: modules built at once"),
-            jobs_per_module=S(kind="int", minimum=1, default=2, doc="direct: MAX_JOBS of each build"),
-        ),
-        "inductor": _stage_options(),
-        "custom": S(kind="dict", default={}, item=S(kind="map", fields={
-            "mode": S(kind="enum", choices=MODES, default="ensure"),
-            "command": S(kind="list", item=S(kind="str"), required=True,
-                         check=lambda v: None if v else "must name a program"),
-            "env": S(kind="dict", item=S(kind="str"), default={}),
-            "signature": S(kind="dict", item=S(kind="any"), default={}),
-            "verify": S(kind="list", item=S(kind="str"), default=None),
-            "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=None),
-        })),
-    }),
+    # one entry per stage kind, declared by the kind itself (reconcile/stages/)
+    "caches": S(kind="map", fields=option_specs()),
     "telemetry": S(kind="map", fields={
         "prometheus_url": S(kind="str", default="http://127.0.0.1:9090", check=_url_check),
         "probe": S(kind="bool", default=True),
@@ -212,7 +125,7 @@ SCHEMA = S(kind="map", fields={
 })
 
 # Cache defaults as the state file documents them (a bare mode per stage).
-CACHE_DEFAULT_MODES = {"deep_gemm": "ensure", "moe_tune": "skip", "flashinfer": "ensure", "inductor": "skip"}
+CACHE_DEFAULT_MODES = default_modes()
 
 
 def defaults(spec: Spec = SCHEMA) -> Any:

@@ -19,7 +19,8 @@ class FakeFacts:
                  files: dict | None = None, locks: dict | None = None, markers: dict | None = None,
                  pointer: PointerFact | None = None, ports: dict | None = None, free_bytes: int = 100 << 30,
                  homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
-                 signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None):
+                 signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None,
+                 engine=None, containers: dict | None = None, images: dict | None = None):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -36,10 +37,17 @@ class FakeFacts:
         self._model = model
         self._flashinfer = flashinfer
         self._last_apply = last_apply
+        self._engine = engine
+        self.containers = containers or {}  # name -> ContainerFact
+        self.images = images or {}  # ref -> ImageFact
         self.asked: list = []
 
     def fresh(self):
         return self
+
+    @property
+    def environ(self) -> dict:
+        return {}
 
     def _rel(self, path: str) -> str | None:
         if path == self.root:
@@ -103,12 +111,12 @@ class FakeFacts:
         return {stage: self.flags.get(stage, "") for stage in argvs}
 
     def signature(self, path: str):
-        from reconcile.diff_stages import SignatureFact
+        from reconcile.facts_stages import SignatureFact
 
         return self.signatures.get(self._rel(path), SignatureFact(path=path, kind="missing"))._replace(path=path)
 
     def model(self, config_path: str):
-        from reconcile.diff_stages import ModelFact
+        from reconcile.facts_stages import ModelFact
 
         return self._model or ModelFact(path=config_path, kind="ok", max_context=262144)
 
@@ -122,6 +130,22 @@ class FakeFacts:
 
     def flashinfer_build_locks(self, cached_ops: str) -> tuple:
         return ()
+
+    def engine(self):
+        from reconcile.facts_docker import EngineFact
+
+        self.asked.append(("engine",))
+        return self._engine or EngineFact(reachable=True, endpoint="unix:///var/run/docker.sock", version="28.2.2")
+
+    def container(self, name: str):
+        from reconcile.facts_docker import ContainerFact
+
+        return self.containers.get(name) or ContainerFact(name=name, kind="missing")
+
+    def image(self, ref: str):
+        from reconcile.facts_docker import ImageFact
+
+        return self.images.get(ref) or ImageFact(ref=ref, kind="present", id="sha256:" + "1" * 64)
 
     def free_disk(self, path: str) -> DiskFact:
         return DiskFact(path=self.root, free_bytes=self.free_bytes, total_bytes=500 << 30)

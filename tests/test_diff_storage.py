@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from reconcile.diff_storage import (Owner, diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker,
-                                    diff_pointer, diff_port, diff_storage_owner, resolve_owner, storage_root)
+from reconcile.context import Owner, resolve_owner, storage_root
+from reconcile.diff_storage import (diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker, diff_pointer,
+                                    diff_port, diff_storage_owner)
 from reconcile.facts_host import (DirFact, DiskFact, FileFact, Identity, LockFact, PointerFact, PortFact,
                                   ProcFact)
 from reconcile.state_templates import DesiredFile, header_line

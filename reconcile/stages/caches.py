@@ -1,6 +1,7 @@
 """Views over the kernel caches: the `inspect` snapshot (the seeds'
 `profile_cache.start` shape) and the `reset` selection. Read-only: they use
-facts and the plan's stage changes, and write nothing."""
+facts and the plan's stage changes, and write nothing. The caches and the
+stage that primes each come from the catalog."""
 from __future__ import annotations
 
 import os
@@ -8,36 +9,31 @@ import time
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from .facts_host import HostFacts, tree_stats
-from .plan import Context, signature_path
-from .plan_model import Plan
-from .state_layout import marker_path
+from ..context import Context
+from ..facts_host import tree_stats
+from ..plan_model import Plan
+from ..state_layout import marker_path
+from . import catalog
 
 # cache name -> (directory under the root, the stage that primes it)
-CACHES = {
-    "triton": ("profiles/triton", "inductor"),
-    "torchinductor": ("profiles/torchinductor", "inductor"),
-    "flashinfer": ("profiles/flashinfer", "flashinfer"),
-    "deep_gemm": ("profiles/deep_gemm", "deep_gemm"),
-    "moe_configs": ("profiles/moe_configs", "moe_tune"),
-}
-SIGNED = {"torchinductor", "flashinfer", "deep_gemm", "moe_configs"}  # hold <slug>/signature.json
+CACHES = catalog.caches()
 
 
 def iso(epoch: float) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else None
 
 
-def cache_snapshot(plan: Plan, facts: HostFacts, ctx: Context, slug: str, sizes: bool) -> dict:
+def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes: bool) -> dict:
     """`{"schema_version": "1", <cache>: {exists, partial, partial_info, valid,
     reason, path, size_bytes, file_count, latest_mtime_iso, signature}}`.
     Sizes (one scandir walk per cache) only when asked."""
     out: dict = {"schema_version": "1"}
+    stages = {s.name: s for s in catalog.stages(data)}
     for name, (rel, stage) in CACHES.items():
         path = ctx.path(rel)
         exists = facts.directory(path).kind == "dir"
         marker = facts.lock_file(stage, ctx.path(marker_path(stage)))
-        sig = facts.signature(ctx.path(signature_path(stage, slug)))
+        sig = facts.signature(ctx.path(stages[stage].signature_rel(slug)))
         change = plan.find(f"stage:{stage}")
         partial = marker.kind != "missing"
         if change is not None and change.reason == "valid_signature":

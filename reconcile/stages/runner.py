@@ -1,0 +1,432 @@
+"""The generic stage run: what every stage does around its own `prime()`.
+
+Per stage: check its server flags when the plan could not, take
+`profiles/.locks/<stage>.lock` (wait with heartbeats, then `lock_timeout`),
+re-check the stage against fresh facts (another run may have primed it),
+write the in-progress marker, preflight (writable cache dir, free disk, the
+strict port), `stage.prime()`, `stage.verify()` when asked, then write the
+signature and remove the marker, only on success. Every line of every
+process goes to the session log.
+
+`StageRun` is also the toolbox the stage kinds use: paths as the host and
+the runtime see them, the environment with cache routing, log sinks,
+warm-up servers (start, readiness, request, log checks, teardown), commands.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..exec_privs import as_owner
+from ..exec_server import PROMPT_TOKENS, LogScan, ServerError, WarmupServer, prometheus_samples, settings_mismatch
+from ..journal import SessionLog, atomic_write_json, utc_now_iso
+from ..locks import LockTimeout, acquire, lock_info, release
+from ..state_flags import KV_LOG_DTYPES, cache_env
+from ..state_layout import lock_path, marker_path
+from . import catalog
+from .plan import stage_change, want_signature
+from .spec import Stage, StageFailed
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # ok | error | noop | skipped
+    ran: bool = False
+    reason: str = ""
+    duration_s: float = 0.0
+    error_type: str | None = None
+    exit_code: int = 14  # the stage's code when it failed
+    artifacts: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    signature: dict = field(default_factory=dict)
+    evidence: dict = field(default_factory=dict)
+    telemetry: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+
+    @property
+    def status_code(self) -> int:
+        return self.exit_code if self.status == "error" else 0
+
+    def to_json(self) -> dict:
+        doc = {"ran": self.ran, "status": self.status, "status_code": self.status_code,
+               "duration_s": round(self.duration_s, 3), "artifacts": self.artifacts, "error_type": self.error_type,
+               "warnings": self.warnings, "errors": self.errors, "reason": self.reason}
+        if self.signature:
+            doc["signature"] = self.signature
+        if self.evidence:
+            doc["evidence"] = self.evidence
+        if self.telemetry:
+            doc["telemetry_probe"] = self.telemetry
+        if self.env:
+            doc["env"] = self.env
+        return doc
+
+
+class Heartbeat:
+    """Emits a progress line at least every `every_s` while a stage runs."""
+
+    def __init__(self, log: SessionLog, stage: str, every_s: float, say):
+        self.log, self.stage, self.every_s, self.say = log, stage, every_s, say
+        self.phase, self.started = "start", time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(2)
+
+    def set(self, phase: str) -> None:
+        self.phase = phase
+        self.say(self.stage, phase, time.monotonic() - self.started)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            elapsed = int(time.monotonic() - self.started)
+            self.log.optimize(self.stage, "progress", f"{self.phase}, {elapsed}s elapsed",
+                              elapsed_s=elapsed, hint=self.phase)
+            self.say(self.stage, self.phase, time.monotonic() - self.started)
+
+
+class StageRun:
+    """Runs the stage changes of one apply, and lends the stages its tools."""
+
+    def __init__(self, desired, ctx, runtime, rt_facts, log: SessionLog, run_id: str, say=None, facts=None):
+        self.desired, self.ctx, self.runtime, self.rt = desired, ctx, runtime, rt_facts
+        self.data = desired.data
+        self.log, self.run_id = log, run_id
+        self.say = say or (lambda stage, phase, elapsed: None)
+        self.slug = desired.model_slug
+        self.ready: set = set()  # stages whose cache is valid (their conditional routing applies)
+        self.flags_checked = True  # the plan's check:server_flags ran; the executor clears it otherwise
+        self.telemetry: list = []
+        self.teardown_s = self.data["timeouts"]["teardown_s"]
+        self._facts = facts
+
+    # ------------------------------------------------------------ toolbox
+    def facts(self):
+        """Fresh host facts (the runtime probe is reused, never repeated)."""
+        if self._facts is None:
+            from ..facts_host import HostFacts
+
+            return HostFacts(getattr(self.runtime, "environ", None))
+        return self._facts.fresh()
+
+    def owner(self):
+        return as_owner(self.ctx.owner.uid, self.ctx.owner.gid)
+
+    def path(self, rel: str) -> str:
+        return self.ctx.path(rel)
+
+    def rpath(self, rel: str) -> str:
+        return self.ctx.runtime_path(rel)
+
+    def artifact(self, rel: str) -> dict:
+        return {"container_path": self.rpath(rel) if self.ctx.runtime_kind != "local" else None,
+                "host_path": self.ctx.path(rel)}
+
+    def routing(self) -> dict:
+        return cache_env(self.rpath("profiles"), catalog.conditional_routing(self.ready, self.data))
+
+    def env(self, stage: Stage, extra: dict | None = None) -> dict:
+        """base environment + cache routing + the stage's own `env` + `extra`."""
+        env = self.runtime.base_env()
+        env.update(self.routing())
+        env.update(stage.opts.get("env", {}))
+        env.update(extra or {})
+        return env
+
+    def command(self, stage: Stage, module: str | None = None, argv: list | None = None) -> list:
+        return [self.runtime.python, "-m", module or stage.server_module,
+                *(stage.server_argv() if argv is None else argv)]
+
+    def cleanup_record(self, gone: bool, how: str) -> dict:
+        return {"kill_sent": how != "already exited", "killed": gone, "timeout_s": self.teardown_s, "detail": how}
+
+    def sink(self, *files: str):
+        """A line sink appending to the session log and to `files` (as the owner)."""
+        handles = []
+        with self.owner():
+            for path in files:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                handles.append(open(path, "a", encoding="utf-8", buffering=1))
+        lock = threading.Lock()
+
+        def sink(line: str) -> None:
+            self.log.write(line)
+            with lock:
+                for fh in handles:
+                    fh.write(line + "\n")
+
+        sink.close = lambda: [fh.close() for fh in handles]
+        return sink
+
+    def server(self, sink) -> WarmupServer:
+        return WarmupServer(self.runtime, self.data["server"]["host"], self.data["server"]["port"], sink)
+
+    def check_log(self, server: WarmupServer) -> None:
+        settings = self.data["server"]["settings"]
+        mismatch = settings_mismatch(server.scan, {}, settings, KV_LOG_DTYPES.get(settings.get("kv_cache_dtype"), ()))
+        if mismatch:
+            raise StageFailed("settings_mismatch", mismatch)
+
+    def warmup(self, stage: Stage, out, beat, extra_env: dict | None = None, log_files: tuple = ()) -> WarmupServer:
+        """Start the stage's server, wait for /ready, send one request, check
+        its log and settings, probe telemetry; always tear it down."""
+        timeout = stage.timeout()
+        env = self.env(stage, {"SGLANG_WARMUP_TIMEOUT": str(int(timeout)), **(extra_env or {})})
+        argv = self.command(stage)
+        out.env = self.routing()
+        out.artifacts["argv"] = argv
+        sink = self.sink(*log_files)
+        server = self.server(sink)
+        beat.set("launch")
+        server.start(argv, env)
+        error: Exception | None = None
+        try:
+            beat.set("readiness")
+            ready_s = server.wait_ready(self.data["timeouts"]["readiness_s"], lambda *_: None)
+            out.artifacts["ready_after_s"] = round(ready_s, 3)
+            info = server.server_info()
+            settings = self.data["server"]["settings"]
+            mismatch = settings_mismatch(server.scan, info, settings,
+                                         KV_LOG_DTYPES.get(settings.get("kv_cache_dtype"), ()))
+            if mismatch:
+                raise StageFailed("settings_mismatch", mismatch)
+            beat.set("generate")
+            before = server.prompt_tokens()
+            prom_before = self._prometheus_value()
+            response = server.generate(min(timeout, 600))
+            after = server.prompt_tokens()
+            meta = response.get("meta_info") or {}
+            out.artifacts["generate"] = {"completion_tokens": meta.get("completion_tokens"),
+                                         "finish_reason": meta.get("finish_reason")}
+            if before is not None and after is not None:
+                out.artifacts["metrics_delta"] = {PROMPT_TOKENS: after - before}
+            if self.data["telemetry"]["probe"]:
+                beat.set("telemetry_probe")
+                out.telemetry = self._telemetry_probe(prom_before)
+                self.telemetry.append(out.telemetry)
+                if not out.telemetry.get("ok"):
+                    out.warnings.append(f"telemetry probe: {out.telemetry.get('error') or 'no samples'}")
+        except (StageFailed, ServerError) as exc:
+            error = exc
+        finally:
+            beat.set("teardown")
+            gone, how = server.teardown(self.teardown_s)
+            sink.close()
+            out.artifacts["cleanup"] = self.cleanup_record(gone, how)
+        if error is not None:
+            raise error
+        if not gone:
+            raise StageFailed("cleanup_failed", f"the server's processes survived teardown ({how})")
+        self.check_log(server)
+        return server
+
+    def run_command(self, argv: list, env: dict, cwd: str, timeout: float, log_files: tuple = ()):
+        """Run argv in the runtime with its output in the session log (and
+        `log_files`); always tear its process group down. (exit code or None
+        on timeout, the log tail, the teardown record)."""
+        scan = LogScan()
+        sink = self.sink(*log_files)
+
+        def on_line(line: str) -> None:
+            scan.feed(line)
+            sink(line)
+
+        try:
+            proc = self.runtime.spawn(argv, env, on_line, cwd=cwd)
+        except OSError as exc:
+            sink.close()
+            raise StageFailed("command_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        rc = proc.wait(timeout)
+        gone, how = self.runtime.teardown(proc, self.teardown_s)
+        sink.close()
+        if rc is not None and not gone:
+            raise StageFailed("cleanup_failed", f"{argv[0]} left processes behind ({how})")
+        return rc, scan.tail[-20:], self.cleanup_record(gone, how)
+
+    def verify_restart(self, stage: Stage, beat) -> dict:
+        """SGLang's own JIT: a second start must not compile anything."""
+        argv = self.command(stage, module="sglang.launch_server", argv=stage.verify_argv())
+        sink = self.sink()
+        server = self.server(sink)
+        env = self.env(stage, {"SGLANG_CRASH_ON_JIT_COMPILE": "1"})
+        server.start(argv, env)
+        try:
+            ready = server.wait_ready(self.data["timeouts"]["readiness_s"], lambda *_: None)
+        except ServerError as exc:
+            raise StageFailed("verify_failed", f"a restart with SGLANG_CRASH_ON_JIT_COMPILE=1 failed: {exc}",
+                              evidence={"method": "restart with SGLANG_CRASH_ON_JIT_COMPILE=1",
+                                        "log_tail": server.scan.tail[-10:]}) from None
+        finally:
+            server.teardown(self.teardown_s)
+            sink.close()
+        return {"method": "restart with SGLANG_CRASH_ON_JIT_COMPILE=1", "ok": True, "ready_after_s": round(ready, 3),
+                "flashinfer_builds": server.scan.flashinfer_builds}
+
+    # ------------------------------------------------------------ the run
+    def run(self, stage: Stage) -> StageOutcome:
+        started = time.monotonic()
+        out = StageOutcome(stage=stage.name, status="error", ran=True, exit_code=stage.exit_code)
+        want = want_signature(stage, self.desired, self.rt)
+        out.signature = want
+        self.log.optimize(stage.name, "start",
+                          f"starting {{model={self.data['model']['path']}, tp={self.data['tp']}}}",
+                          settings={"model": self.data["model"]["path"], "tp": self.data["tp"],
+                                    **self.data["server"]["settings"]})
+        lock_held = False
+        try:
+            with Heartbeat(self.log, stage.name, self.data["heartbeat_s"], self.say) as beat:
+                if stage.starts_server and not self.flags_checked:
+                    beat.set("check_flags")
+                    self._validate_flags(stage)
+                beat.set("wait_lock")
+                self._acquire_lock(stage)
+                lock_held = True
+                fresh = stage_change(stage, self.desired, self.facts(), self.ctx, self.rt)
+                if fresh.action == "noop":
+                    out.status, out.ran, out.reason = "noop", False, fresh.reason
+                    return out
+                out.reason = fresh.message
+                self._write_marker(stage)
+                beat.set("preflight")
+                self._preflight(stage)
+                stage.prime(self, out, beat)
+                if stage.opts.get("verify"):
+                    beat.set("verify")
+                    out.evidence = stage.verify(self, out, beat)
+                self._write_signature(stage, want)
+                self._remove_marker(stage)
+                out.status = "ok"
+        except StageFailed as exc:
+            out.error_type = exc.error_type
+            out.errors.append({"error_type": exc.error_type, "message": str(exc), **exc.details})
+        except ServerError as exc:
+            out.error_type = exc.error_type
+            out.errors.append({"error_type": exc.error_type, "message": str(exc)})
+        finally:
+            if lock_held:
+                release(self.path(lock_path(stage.file_name)), stage.file_name, self.owner)
+            out.duration_s = time.monotonic() - started
+            if out.status == "ok":
+                self.ready.add(stage.name)
+            self.log.optimize(stage.name, "end", f"{out.status} in {out.duration_s:.1f}s"
+                              + (f" ({out.error_type}: {out.errors[-1]['message']})" if out.errors else ""),
+                              status=out.status, duration_s=round(out.duration_s, 3),
+                              **({"error_type": out.error_type} if out.error_type else {}))
+        return out
+
+    def _validate_flags(self, stage: Stage) -> None:
+        """The plan could not ask the runtime's parser (the container was not up):
+        ask it now, before any GPU time."""
+        from ..facts_stages import validate_server_flags
+
+        if self.ctx.runtime_kind == "docker":
+            from ..facts_docker import docker_prober
+
+            prober = docker_prober(self.runtime.container, self.ctx.owner.uid, self.ctx.owner.gid,
+                                   self.runtime.base_env(), getattr(self.runtime, "environ", None))
+        else:
+            from ..facts_runtime import local_prober
+
+            prober = local_prober(self.runtime.base_env(), self.ctx.owner.uid, self.ctx.owner.gid)
+        error = validate_server_flags(self.runtime.python, prober, {stage.name: stage.flags_argv()}).get(stage.name, "")
+        if error:
+            raise StageFailed("flags_rejected", f"sglang {self.rt.version('sglang')} rejects the {stage.name} server "
+                              f"flags: {error}")
+
+    # ------------------------------------------------------------ lock, marker, preflight
+    def _acquire_lock(self, stage: Stage) -> None:
+        path = self.path(lock_path(stage.file_name))
+        timeout = self.data["timeouts"]["lock_s"]
+
+        def on_stale(why: str) -> None:
+            self.log.optimize(stage.name, "progress", f"reclaiming stale lock ({why})", hint="stale_lock")
+
+        def on_wait(lock, why: str, held: float) -> None:
+            self.log.optimize(stage.name, "wait_lock", f"waiting for the lock, {why}", slug=self.slug,
+                              held_for_s=round(held, 1), owner_pid=lock.owner_pid)
+
+        try:
+            acquire(path, stage.file_name, lock_info(self.ctx.hostname, f"sglprep apply (stage {stage.name})"),
+                    self.ctx.hostname, timeout, self.owner, on_stale=on_stale, on_wait=on_wait,
+                    wait_every_s=min(self.data["heartbeat_s"], 30))
+        except LockTimeout as exc:
+            raise StageFailed("lock_timeout", f"{path}: {exc}; waited {timeout:g}s (timeouts.lock_s)",
+                              owner_pid=exc.lock.owner_pid, started_at=exc.lock.started_at) from None
+
+    def _write_marker(self, stage: Stage) -> None:
+        with self.owner():
+            atomic_write_json(self.path(marker_path(stage.file_name)),
+                              {"owner_pid": os.getpid(), "started_at": utc_now_iso(), "run_id": self.run_id})
+
+    def _remove_marker(self, stage: Stage) -> None:
+        with self.owner():
+            try:
+                os.unlink(self.path(marker_path(stage.file_name)))
+            except FileNotFoundError:
+                pass
+
+    def _write_signature(self, stage: Stage, want: dict) -> None:
+        path = self.path(stage.signature_rel(self.slug))
+        with self.owner():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write_json(path, {"schema_version": "1", "stage": stage.name, "signature": want,
+                                     "written_at": utc_now_iso(), "run_id": self.run_id})
+
+    def _preflight(self, stage: Stage) -> None:
+        cache_dir_path = self.path(stage.cache_dir)
+        probe = os.path.join(cache_dir_path, f".write_test.{os.getpid()}")
+        try:
+            with self.owner():
+                os.makedirs(cache_dir_path, exist_ok=True)  # custom stages own profiles/custom/<name>
+                with open(probe, "w"):
+                    pass
+                os.unlink(probe)
+        except OSError as exc:
+            raise StageFailed("permissions_unexpected",
+                              f"{cache_dir_path} is not writable by {self.ctx.owner.spec}: {exc.strerror} → fix its "
+                              f"ownership on the host (sglprep never chowns)") from None
+        need = int(self.data["storage"]["min_free_gib"] * (1 << 30))
+        st = os.statvfs(cache_dir_path)
+        free = st.f_bavail * st.f_frsize
+        if free < need:
+            raise StageFailed("insufficient_disk", f"{free / (1 << 30):.2f} GiB free under {cache_dir_path}, "
+                              f"need {need / (1 << 30):g} GiB", required_bytes=need, free_bytes=free)
+        if stage.starts_server:
+            port = self.facts().port(self.data["server"]["port"])
+            if port.state == "busy":
+                holder = f"pid {port.pid} ({' '.join(port.cmdline)[:100]})" if port.pid else "an unknown process"
+                raise StageFailed("port_busy", f"port {port.port} is busy, held by {holder}; no fallback ports",
+                                  pid=port.pid, cmdline=list(port.cmdline))
+
+    # ------------------------------------------------------------ telemetry
+    def _prometheus_value(self) -> float | None:
+        if not self.data["telemetry"]["probe"]:
+            return None
+        _, value, _ = prometheus_samples(self.data["telemetry"]["prometheus_url"], PROMPT_TOKENS)
+        return value
+
+    def _telemetry_probe(self, before: float | None) -> dict:
+        """Wait until Prometheus has scraped the request (the delta of
+        sglang:prompt_tokens_total), within three scrape intervals."""
+        url = self.data["telemetry"]["prometheus_url"]
+        query = f'sum({PROMPT_TOKENS}{{job="sglang"}})'
+        deadline = time.monotonic() + 3 * self.data["telemetry"]["scrape_interval_s"] + 5
+        count, value, error = 0, None, ""
+        while time.monotonic() < deadline:
+            count, value, error = prometheus_samples(url, f'{PROMPT_TOKENS}{{job="sglang"}}')
+            if value is not None and value > (before or 0):
+                return {"ok": True, "sample_count": count, "prometheus_query": query,
+                        "before": before, "after": value}
+            time.sleep(0.5)
+        return {"ok": False, "sample_count": count, "prometheus_query": query, "before": before, "after": value,
+                "error": error or "Prometheus did not see the request's prompt tokens"}
