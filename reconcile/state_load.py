@@ -69,11 +69,6 @@ class Desired(NamedTuple):
             return slug
         return slug_from_path(self.data["model"]["path"])
 
-    def stage_mode(self, stage: str) -> str:
-        if stage.startswith("custom/"):
-            return self.data["caches"]["custom"][stage.split("/", 1)[1]]["mode"]
-        return self.data["caches"][stage]["mode"]
-
 
 def slug_from_path(model_path: str) -> str:
     base = model_path.rstrip("/").rsplit("/", 1)[-1] or "model"

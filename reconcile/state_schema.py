@@ -17,7 +17,6 @@ from .state_yaml import KeyPath, Located, dotted
 
 SLUG_RE = re.compile(r"^[a-z0-9._-]+$")
 SETTING_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-CUSTOM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 OWNER_RE = re.compile(r"^(\d+):(\d+)$")
 # SGLang parses these with human_readable_int: "8k" means 8000, not 8192.
 HUMAN_READABLE_INT_SETTINGS = ("context_length", "max_prefill_tokens", "max_total_tokens")
@@ -189,10 +188,11 @@ def _check(spec: Spec, value: Any, path: KeyPath, doc: Located) -> Any:
                 return {}
             if not isinstance(value, dict):
                 raise Invalid(f"must be a mapping, got {_show(value, raw)}")
-            if path == ("caches", "custom"):
+            if spec.key_check is not None:
                 for name in value:
-                    if not CUSTOM_NAME_RE.match(str(name)):
-                        raise _fail(doc, path + (name,), "custom stage names use [a-z0-9_-] and start with a letter")
+                    problem = spec.key_check(str(name))
+                    if problem:
+                        raise _fail(doc, path + (name,), problem)
             return {k: _check(spec.item, v, path + (k,), doc) for k, v in value.items()}
         if spec.kind == "list":
             if not isinstance(value, list):

@@ -15,12 +15,13 @@ class Spec:
     """One key's type, default and constraints."""
 
     __slots__ = ("kind", "default", "choices", "minimum", "maximum", "exclusive_minimum", "fields", "item",
-                 "check", "open_keys", "doc", "required")
+                 "check", "open_keys", "doc", "required", "key_check")
 
     def __init__(self, kind: str, default: Any = None, choices: tuple = (), minimum: float | None = None,
                  maximum: float | None = None, exclusive_minimum: bool = False, fields: dict | None = None,
                  item: "Spec | None" = None, check: Callable[[Any], str | None] | None = None,
-                 open_keys: bool = False, doc: str = "", required: bool = False):
+                 open_keys: bool = False, doc: str = "", required: bool = False,
+                 key_check: Callable[[str], str | None] | None = None):
         self.kind = kind  # str, int, number, bool, enum, map, dict, list, mode_or_map, setting, any
         self.default = default
         self.choices = choices
@@ -31,6 +32,7 @@ class Spec:
         self.open_keys = open_keys  # map: unknown keys allowed (validated by `item`)
         self.doc = doc
         self.required = required  # in a map: the key must be given
+        self.key_check = key_check  # dict: each key's check (message or None)
 
 
 def S(**kw) -> Spec:  # noqa: N802 - short constructor keeps the schema table readable

@@ -178,3 +178,19 @@ def test_a_scenario_plan_starts_no_probe_beyond_its_facts():
     desired, facts, _ = load_scenario("storage_converged")
     build_plan(desired, facts)
     assert not [a for a in facts.asked if a[0] in ("runtime", "server_flags", "engine")]
+
+
+def test_apply_refuses_a_change_type_no_executor_handles(tmp_path):
+    from reconcile.context import Context, Owner
+    from reconcile.errors import InputError
+    from reconcile.exec_apply import apply_plan
+    from reconcile.plan_model import Change, Plan
+
+    desired, facts, _ = load_scenario("storage_empty_root")
+    ctx = Context(owner=Owner(os.getuid(), os.getgid(), "invoking user"), root=str(tmp_path / "root"),
+                  hostname="gpu-01")
+    plan = Plan("localhost", "state.yaml", changes=[Change("directory:telemetry", "create", "missing"),
+                                                    Change("bogus:thing", "create", "missing")])
+    with pytest.raises(InputError, match="no executor for resource type"):
+        apply_plan(plan, desired, ctx, facts=facts, say=lambda line: None)
+    assert not (tmp_path / "root").exists(), "nothing may be applied when the plan holds an unknown type"

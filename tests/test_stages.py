@@ -409,6 +409,19 @@ def test_verify_records_evidence(rig):
     assert crash_on_jit == [None, None, "1"]  # flashinfer warm-up, inductor warm-up, inductor's verify restart
 
 
+def test_deep_gemm_verify_restarts_a_plain_server_that_must_compile_nothing(rig):
+    rig.write(caches={"deep_gemm": {"mode": "ensure", "verify": True}, "flashinfer": "skip", "inductor": "skip"})
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, result = rig.prep_result(proc)
+    evidence = result["stages"]["deep_gemm"]["evidence"]
+    assert evidence["ok"] and evidence["method"] == "restart with SGLANG_CRASH_ON_JIT_COMPILE=1"
+    compile_run, restart = rig.launches()
+    assert compile_run["module"] == "sglang.compile_deep_gemm"
+    assert restart["module"] == "sglang.launch_server" and restart["env"]["SGLANG_CRASH_ON_JIT_COMPILE"] == "1"
+    assert "--timeout" not in restart["argv"] and "--watchdog-timeout" in restart["argv"]
+
+
 def test_touched_flashinfer_sources_predict_a_rebuild_before_gpu_time(rig):
     rig.write(caches={"deep_gemm": "skip", "inductor": "skip"})
     assert rig.run("apply").returncode == 0
@@ -613,3 +626,28 @@ def test_flashinfer_direct_build_failure_exits_12(rig):
     assert proc.returncode == 12, proc.stdout + proc.stderr
     _, result = rig.prep_result(proc)
     assert result["stages"]["flashinfer"]["error_type"] == "flashinfer_build_failed"
+
+
+def test_runtime_is_probed_once_per_command(rig):
+    """The plan's runtime probe is reused by apply's stages and by its
+    last-apply record: one probe per plan, one per apply."""
+    probes = rig.base / "probes.log"
+    probes.touch()
+    probes.chmod(0o666)
+    wrapper = rig.base / "rt" / "bin" / "python-counting"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *dist_version*) echo probe >> {probes};; esac\n'
+                       f'exec {runtime_python()} "$@"\n')
+    wrapper.chmod(0o755)
+    rig.write(runtime={"python": str(wrapper)})
+
+    def count() -> int:
+        return len(probes.read_text().splitlines())
+
+    assert rig.run("plan").returncode == 0
+    assert count() == 1
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("RESULT_STATUS ok")
+    assert count() == 2, "apply probed the runtime more than once"
+    assert rig.run("apply").returncode == 0  # converged
+    assert count() == 3

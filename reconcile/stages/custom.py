@@ -4,9 +4,18 @@ signature is the runtime, the user's `signature` values, the command's hash
 and the stage's env; no model or tp unless the user puts them there."""
 from __future__ import annotations
 
+import re
+
 from ..facts_host import tree_stats
 from ..state_spec import MODES, S
 from .spec import Stage, StageFailed
+
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+def _name_check(name: str) -> str | None:
+    return None if NAME_RE.match(name) else "custom stage names use [a-z0-9_-] and start with a letter"
 
 
 class Custom(Stage):
@@ -33,7 +42,7 @@ class Custom(Stage):
     @classmethod
     def option_spec(cls):
         """`caches.custom`: a mapping of stage names to their settings."""
-        return S(kind="dict", default={}, item=S(kind="map", fields=cls.options))
+        return S(kind="dict", default={}, item=S(kind="map", fields=cls.options), key_check=_name_check)
 
     @classmethod
     def instances(cls, data: dict) -> list:
