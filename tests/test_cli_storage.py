@@ -353,9 +353,11 @@ def test_plan_writes_nothing(host):
 
 def test_installed_package_works_from_any_directory(tmp_path):
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps",
-                          str(REPO)], capture_output=True, text=True)
+    # a bare venv filled by this interpreter's pip, building with the installed
+    # setuptools: the package layout is what is under test, not pip's isolation
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    pip = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin/python"), "install", "-q",
+                          "--no-deps", "--no-build-isolation", str(REPO)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

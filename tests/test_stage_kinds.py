@@ -3,6 +3,8 @@
 runtime facts in, values out."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -209,3 +211,53 @@ def test_moe_routing_only_once_its_cache_is_valid():
     d = data(caches__moe_tune={"mode": "ensure", "script": "/t.py"})
     assert catalog.conditional_routing(set(), d) == {}
     assert catalog.conditional_routing({"moe_tune"}, d) == {"SGLANG_MOE_CONFIG_DIR": "moe_configs"}
+
+
+def test_a_new_kind_is_one_module_and_one_catalog_line():
+    """The README's worked example, built for real: its module copied from the
+    README into a copy of the package, one line added to the catalog, then
+    validated, planned and applied against the SGLang test double."""
+    import json
+    import re
+    import shutil
+    import tempfile
+
+    from test_stages import DENSE, REPO, Rig
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Adding a stage kind", 1)[1]
+    module = re.search(r"```python\n(# reconcile/stages/cuda_jit.py\n.*?)```", section, re.S).group(1)
+    pkg = Path(tempfile.mkdtemp(prefix="sglprep-newkind-"))
+    pkg.chmod(0o755)
+    try:
+        for name in ("reconcile", "states", "templates"):
+            shutil.copytree(REPO / name, pkg / name, ignore=shutil.ignore_patterns("__pycache__"))
+        (pkg / "reconcile/stages/cuda_jit.py").write_text(module)
+        catalog_py = pkg / "reconcile/stages/catalog.py"
+        text = catalog_py.read_text().replace("from .custom import Custom",
+                                              "from .cuda_jit import CudaJit\nfrom .custom import Custom")
+        catalog_py.write_text(text.replace("    Inductor,\n)", "    Inductor,\n    CudaJit,\n)"))
+        for p in [pkg, *pkg.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+        base = pkg / "rig"  # world-traversable: the storage owner runs the fake runtime from here
+        base.mkdir()
+        rig = Rig(base, DENSE)
+        rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip", "inductor": "skip", "cuda_jit": "ensure"})
+        env = {"PYTHONPATH": str(pkg)}
+        doc = json.loads(rig.run("plan", "--json", env=env).stdout)
+        changes = {c["address"]: c for c in doc["changes"]}
+        assert changes["directory:profiles/nv"]["action"] == "create"
+        assert changes["stage:cuda_jit"]["action"] == "run", changes["stage:cuda_jit"]["message"]
+        assert changes["stage:cuda_jit"]["reason"] == "no_signature"
+        assert changes["stage:cuda_jit"]["after"]["kv_cache_dtype"] == "fp8_e4m3"
+        assert changes["check:server_flags"]["message"] == "sglang 0.5.23 accepts the flags of cuda_jit"
+        proc = rig.run("apply", env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.splitlines()[-1] == ("RESULT_STATUS ok deep_gemm:skipped moe_tune:skipped "
+                                                "flashinfer:skipped inductor:skipped cuda_jit:ok")
+        assert (rig.root / "profiles/nv/demo-model/signature.json").exists()
+        assert [launch["module"] for launch in rig.launches()] == ["sglang.launch_server"]
+        assert rig.run("plan", "--detailed-exitcode", env=env).returncode == 0
+    finally:
+        shutil.rmtree(pkg, ignore_errors=True)
