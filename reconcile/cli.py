@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes")
     p.add_argument("-o", "--out", metavar="PLANFILE", help="save the plan for `sglprep apply PLANFILE`")
     p.add_argument("--textfile", metavar="PATH", help="also write node_exporter textfile metrics (atomically)")
+    p.add_argument("--verify", action="store_true",
+                   help="re-hash every primed artifact (default: sizes and mtimes; apply always re-hashes)")
 
     p = sub.add_parser("apply", help="carry out the plan")
     _global_options(p, suppress=True)
@@ -139,7 +141,7 @@ def cmd_plan(args) -> int:
     from .plan import build_plan
 
     desired = _load(args)
-    plan = build_plan(desired, HostFacts())
+    plan = build_plan(desired, HostFacts(), verify=args.verify)
     if args.json:
         _emit_json(plan.to_json())
     else:
@@ -195,7 +197,7 @@ def cmd_apply(args, argv=None) -> int:
     saved = _load_saved_plan(args.planfile) if args.planfile else None
     desired = _load(args)
     facts = HostFacts()
-    plan = build_plan(desired, facts)
+    plan = build_plan(desired, facts, verify=True)  # apply re-hashes what the plan only stat'ed
     if saved is not None:
         if saved.host != plan.host:
             raise InputError(args.planfile, None, None, f"plan was made for host {saved.host!r}, not {plan.host!r}")
@@ -212,7 +214,10 @@ def cmd_apply(args, argv=None) -> int:
     command = "sglprep " + " ".join(sys.argv[1:] if argv is None else argv)
     from .report_text import StageProgress, use_color
 
+    from . import exec_signals
+
     progress = StageProgress(sys.stderr, live=use_color(sys.stderr, args.no_color))
+    exec_signals.install()  # SIGINT/SIGTERM/SIGHUP: the running stage records `interrupted`, apply journals
     try:
         report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress, facts=facts)
     finally:
@@ -235,8 +240,13 @@ def cmd_apply(args, argv=None) -> int:
 
             w.line((summary_line(plan), "bold"))
         render_apply(report, w)
+        if report.interrupted:
+            w.line((f"Apply interrupted by {report.interrupted}: the running stage is recorded as "
+                    f"error_type interrupted; the next apply resumes it.", "bold red"))
         for line in result_lines:
             print(line)
+    sys.stdout.flush()
+    exec_signals.restore()
     return report.exit_code
 
 

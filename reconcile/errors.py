@@ -43,3 +43,23 @@ class StalePlanError(SglprepError):
 
 class LockTimeoutError(SglprepError):
     exit_code = EXIT_LOCKED
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived during an apply. A BaseException, so
+    no `except Exception` swallows it: the running stage records it, apply
+    journals it, and the process exits 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        try:
+            self.name = signal.Signals(signum).name
+        except ValueError:
+            self.name = f"signal {signum}"
+        super().__init__(f"interrupted by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

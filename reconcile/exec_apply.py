@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 
 from .context import Context
-from .errors import EXIT_ERROR, EXIT_OK, InputError, LockTimeoutError
+from . import exec_signals
+from .errors import EXIT_ERROR, EXIT_OK, InputError, Interrupted, LockTimeoutError
 from .exec_privs import as_owner
 from .exec_storage import StorageExecutor
 from .facts_host import HostFacts
@@ -40,6 +41,7 @@ class ApplyReport:
     exit_code: int = EXIT_OK
     result_json: str = ""  # prep_result.json, when stages were applied
     result_status: str = ""  # the RESULT_STATUS line
+    interrupted: str = ""  # the signal that stopped the apply (SIGINT, SIGTERM, SIGHUP)
 
     def counts(self) -> dict:
         out = {CHANGED: 0, UNCHANGED: 0, FAILED: 0, SKIPPED: 0}
@@ -52,7 +54,7 @@ class ApplyReport:
                 "started_at": self.started_at, "finished_at": self.finished_at, "summary": self.counts(),
                 "results": [r.to_json() for r in self.results], "log_file": self.log_file,
                 "result_json": self.result_json or None, "result_status": self.result_status or None,
-                "exit_code": self.exit_code}
+                "interrupted": self.interrupted or None, "exit_code": self.exit_code}
 
 
 class RunLock:
@@ -189,16 +191,51 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
 
     bootstrap = set(_bootstrap_addresses())
     lock = RunLock(ctx, desired.data["timeouts"]["lock_s"], desired.data["heartbeat_s"], command, say)
+    first = [c for c in todo if c.address in bootstrap]
+    rest = [c for c in todo if c.address not in bootstrap]
+    pending = list(first + rest)
+
+    def stop_here(current, message: str, error_type: str) -> None:
+        """The change in hand failed with `error_type`; nothing after it runs."""
+        if current is not None and current.address not in status:
+            status[current.address] = FAILED
+            report.results.append(Result(current.address, current.action, FAILED, message, error_type))
+        for change in pending:
+            if change.address in status:
+                continue
+            status[change.address] = SKIPPED
+            report.results.append(Result(change.address, change.action, SKIPPED, f"not run: {message}"))
+            if change.type == "stage":
+                stages.get().skip(change, f"not run: {message}", error_type)
+
+    current = None
+    interrupted: Interrupted | None = None
     try:
-        for change in [c for c in todo if c.address in bootstrap]:
-            run(change)
-        if os.path.isdir(ctx.path(LOCKS_DIR)):
-            lock.acquire()
-        elif not any(r.status in (FAILED, SKIPPED) for r in report.results):
-            say(f"warning: {ctx.path(LOCKS_DIR)} could not be created; applying without the run lock")
-        for change in [c for c in todo if c.address not in bootstrap]:
-            run(change)
+        try:
+            for change in first:
+                current = change
+                run(change)
+            current = None
+            if os.path.isdir(ctx.path(LOCKS_DIR)):
+                lock.acquire()
+            elif not any(r.status in (FAILED, SKIPPED) for r in report.results):
+                say(f"warning: {ctx.path(LOCKS_DIR)} could not be created; applying without the run lock")
+            for change in rest:
+                current = change
+                run(change)
+            current = None
+        except Interrupted as exc:
+            exec_signals.defer()
+            interrupted = exc
+            stop_here(current, f"apply interrupted by {exc.name}", "interrupted")
+        except LockTimeoutError:
+            raise
+        except Exception as exc:  # a fault nobody planned for: journal it, never a bare traceback
+            exec_signals.defer()
+            summary = " ".join(str(exc).split())[:300]
+            stop_here(current, f"{type(exc).__name__}: {summary}".rstrip(": "), "internal_error")
     finally:
+        exec_signals.defer()  # a second signal now must not cut the journal short
         report.finished_at = utc_now_iso()
         failed = any(r.status in (FAILED, SKIPPED) for r in report.results)
         report.exit_code = EXIT_ERROR if failed else EXIT_OK
@@ -208,6 +245,9 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
             report.result_json, report.result_status, stage_code = stages.executor.finish()
             if stage_code:
                 report.exit_code = stage_code
+        if interrupted is not None:
+            report.exit_code = interrupted.exit_code
+            report.interrupted = interrupted.name
         _journal(report, ctx, log)
         log.close()
         _record_apply(desired, ctx, report, facts)

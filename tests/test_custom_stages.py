@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from test_stages import Rig, rig  # noqa: F401 - the `rig` fixture
+from test_stages import OWNER, Rig, rig  # noqa: F401 - the `rig` fixture
 
 WARM = """
 import json, os, sys, time
@@ -131,3 +131,26 @@ def test_custom_verify_command_records_evidence(rig):  # noqa: F811
     assert proc.returncode == 14
     _, result = rig.prep_result(proc)
     assert result["stages"]["custom/blk"]["error_type"] == "verify_failed"
+
+
+def test_an_unexpected_fault_in_a_stage_is_internal_error_not_a_traceback(rig):  # noqa: F811
+    """A fault no error type covers (here: the stage's run.log is a directory)
+    ends the stage as internal_error with the exception's one-line summary,
+    the run as partial or error, exit 14, RESULT lines printed."""
+    setup(rig)
+    cache = rig.root / "profiles/custom/blk"
+    assert rig.run("apply", "--only", "directory:profiles").returncode == 0
+    cache.mkdir(parents=True)
+    (cache / "run.log").mkdir()
+    if os.geteuid() == 0:
+        for p in (cache, cache / "run.log"):
+            os.chown(p, *OWNER)
+    proc = rig.run("apply")
+    assert proc.returncode == 14, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith("custom/blk:error")
+    _, result = rig.prep_result(proc)
+    error = result["stages"]["custom/blk"]["errors"][0]
+    assert error["error_type"] == "internal_error"
+    assert error["message"].startswith("IsADirectoryError: ") and "run.log" in error["message"]
+    assert (rig.root / "profiles/.in_progress/custom.blk.json").exists()

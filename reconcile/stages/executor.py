@@ -17,8 +17,9 @@ from .runner import StageOutcome, StageRun
 
 
 class StagesExecutor:
-    def __init__(self, plan, desired, ctx, log, run_id: str, progress=None, facts=None):
+    def __init__(self, plan, desired, ctx, log, run_id: str, progress=None, facts=None, verify: bool = True):
         self.plan, self.desired, self.ctx, self.log, self.run_id = plan, desired, ctx, log, run_id
+        self.verify = verify
         self.progress = progress
         if facts is None:
             from ..facts_host import HostFacts
@@ -54,6 +55,7 @@ class StagesExecutor:
                                    self.facts)
             self.runner.ready = {name for name in self.stages if self._valid_in_plan(name)}
             self.runner.flags_checked = self.plan.find("check:server_flags") is not None
+            self.runner.verify_artifacts = self.verify
         return self.runner
 
     def _valid_in_plan(self, name: str) -> bool:
@@ -67,6 +69,10 @@ class StagesExecutor:
             outcome = StageOutcome(stage=change.name, status="error", ran=False, error_type="invalid_options",
                                    errors=[{"error_type": "invalid_options",
                                             "message": f"no stage {change.name} in the desired state"}])
+        elif change.action == "blocked":  # never run a stage the plan blocked; its reason is the error
+            outcome = StageOutcome(stage=change.name, status="error", ran=False, error_type=change.reason,
+                                   exit_code=stage.exit_code,
+                                   errors=[{"error_type": change.reason, "message": change.message}])
         elif runner.rt.status != "ok":
             outcome = StageOutcome(stage=change.name, status="error", ran=False, error_type="runtime_unavailable",
                                    exit_code=stage.exit_code,
@@ -75,6 +81,9 @@ class StagesExecutor:
             outcome = runner.run(stage)
         self.outcomes[change.name] = outcome
         self._write_stage(change.name, outcome)
+        if runner.interrupted is not None:  # journaled: now let apply stop
+            interrupted, runner.interrupted = runner.interrupted, None
+            raise interrupted
         if outcome.status == "ok":
             return Result(change.address, change.action, CHANGED, f"primed in {outcome.duration_s:.1f}s")
         if outcome.status == "noop":
@@ -82,10 +91,24 @@ class StagesExecutor:
         message = outcome.errors[-1]["message"] if outcome.errors else "failed"
         return Result(change.address, change.action, FAILED, message, outcome.error_type or "")
 
-    def skip(self, change, why: str) -> None:
+    def skip(self, change, why: str, error_type: str = "dependency_failed") -> None:
         self.outcomes[change.name] = StageOutcome(stage=change.name, status="skipped", ran=False, reason=why,
-                                                  errors=[{"error_type": "dependency_failed", "message": why}])
+                                                  errors=[{"error_type": error_type, "message": why}])
         self._write_stage(change.name, self.outcomes[change.name])
+
+    def unfinished(self, name: str) -> StageOutcome:
+        """The outcome of a stage apply did not execute. Only a stage the plan
+        found valid is `noop`, only a skipped one `skipped` without error; one
+        that needed work and did not get it is never reported as fine."""
+        change = self.plan.find(f"stage:{name}")
+        if change is None or change.reason == "skipped":
+            return StageOutcome(stage=name, status="skipped", ran=False, reason="skipped")
+        if change.action == "noop":
+            return StageOutcome(stage=name, status="noop", ran=False, reason=change.reason,
+                                signature=change.before or {})
+        why = f"not run: it needed '{change.text()}' but this apply did not execute it (--only, or interrupted)"
+        return StageOutcome(stage=name, status="skipped", ran=False, reason=why,
+                            errors=[{"error_type": "not_run", "message": why}])
 
     def _write_stage(self, name: str, outcome: StageOutcome) -> None:
         from ..journal import write_run_file
@@ -106,13 +129,8 @@ class StagesExecutor:
         for name in names:
             if name in self.outcomes:
                 continue
-            change = self.plan.find(f"stage:{name}")
-            status = "skipped" if change is None or change.reason == "skipped" else "noop"
-            outcome = StageOutcome(stage=name, status=status, ran=False,
-                                   reason=change.reason if change else "skipped",
-                                   signature=change.before or {} if change else {})
-            self.outcomes[name] = outcome
-            self._write_stage(name, outcome)
+            self.outcomes[name] = self.unfinished(name)
+            self._write_stage(name, self.outcomes[name])
         doc = self.prep_result()
         path = ""
         try:
