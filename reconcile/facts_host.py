@@ -342,6 +342,12 @@ class HostFacts:
         return self._cached(("flashinfer", cached_ops, runtime_cached_ops, ninja),
                             lambda: flashinfer_modules(cached_ops, runtime_cached_ops, ninja))
 
+    def artifacts(self, manifest_path: str, root: str, full: bool = False):
+        """A stage's artifact manifest checked against the files (facts_artifacts)."""
+        from .facts_artifacts import check
+
+        return self._cached(("artifacts", manifest_path, full), lambda: check(manifest_path, root, full))
+
     def last_apply(self, path: str) -> LastApplyFact:
         def compute():
             import json

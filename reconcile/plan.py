@@ -182,14 +182,15 @@ def plan_intents(plan: Plan) -> dict:
     return {c.address: i for c in plan.changes if (i := change_intent(c)) is not None}
 
 
-def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None) -> Plan:
+def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None, verify: bool = False) -> Plan:
     """The plan for `desired` on this host. `own_pid`: a lock held by this pid
-    (apply's own run lock) is not a resource to act on."""
+    (apply's own run lock) is not a resource to act on. `verify`: re-hash
+    every primed artifact (plan --verify, apply) instead of sizes and mtimes."""
     ctx = resolve_context(desired, facts)
     container = None
     if ctx.runtime_kind == "docker":
         container = diff_resource(f"container:{desired.data['runtime']['container']['name']}", desired, facts, ctx)
-    stage_checks, stages, _ = stage_changes(desired, facts, ctx, container)
+    stage_checks, stages, _ = stage_changes(desired, facts, ctx, container, verify)
     servers = {s.address for s in catalog.stages(desired.data) if s.starts_server}
     port_needed = any(c.address in servers and c.action == "run" for c in stages)
     changes = []

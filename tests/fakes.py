@@ -20,7 +20,8 @@ class FakeFacts:
                  pointer: PointerFact | None = None, ports: dict | None = None, free_bytes: int = 100 << 30,
                  homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
                  signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None,
-                 engine=None, containers: dict | None = None, images: dict | None = None):
+                 engine=None, containers: dict | None = None, images: dict | None = None,
+                 artifacts: dict | None = None):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -38,6 +39,7 @@ class FakeFacts:
         self._flashinfer = flashinfer
         self._last_apply = last_apply
         self._engine = engine
+        self._artifacts = artifacts or {}  # manifest rel -> ArtifactFact (default: whole)
         self.containers = containers or {}  # name -> ContainerFact
         self.images = images or {}  # ref -> ImageFact
         self.asked: list = []
@@ -122,6 +124,13 @@ class FakeFacts:
 
     def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja) -> tuple:
         return self._flashinfer
+
+    def artifacts(self, manifest_path: str, root: str, full: bool = False):
+        from reconcile.facts_artifacts import ArtifactFact
+
+        self.asked.append(("artifacts", manifest_path, full))
+        rel = self._rel(manifest_path)
+        return self._artifacts.get(rel) or ArtifactFact(path=manifest_path, kind="ok", files=1)
 
     def last_apply(self, path: str):
         from reconcile.facts_host import LastApplyFact

@@ -7,7 +7,8 @@ facts.yaml keys (all optional but `why`, which says what the scenario shows):
   dirs: converged | {rel: {uid, gid, mode, kind}}     ("" is the root)
   files: converged | {rel: text | {current_with: {old: new}}}
   runtime: h100 | {preset: h100, gpus: N, packages: {...}, ...} | {status: unavailable, problem: ...}
-  signatures: {stage: {want: true, set: {key: value}} | {kind: unparseable, error: ...}}
+  signatures: {stage: {set: {key: value}} | {kind: unparseable, error: ...}}  (default: the wanted one)
+  artifacts: {stage: {kind: missing} | {problems: [...], damaged: [...]}}     (default: whole)
   markers / locks: {name: {owner_pid, started_at, alive, host}}
   flags: {stage: parser error}
   flashinfer: [{name, has_so, so_mtime, names_own_dir, named_dir, ninja, work}]
@@ -30,6 +31,7 @@ import yaml
 
 from fakes import FakeFacts, converged_dirs, dir_ok
 from reconcile.context import resolve_context
+from reconcile.facts_artifacts import ArtifactFact
 from reconcile.facts_docker import ContainerFact, EngineFact
 from reconcile.facts_host import LockFact, PointerFact, PortFact, ProcFact
 from reconcile.facts_runtime import GPU, RuntimeFacts
@@ -123,6 +125,11 @@ def load_scenario(name: str):
         want = dict(want_signature(stage, desired, runtime))
         want.update(sig.get("set") or {})
         facts.signatures[rel] = SignatureFact(path="", kind="ok", signature=want)
+    for stage_name, art in (spec.get("artifacts") or {}).items():
+        rel = stages[stage_name].manifest_rel(desired.model_slug)
+        facts._artifacts[rel] = ArtifactFact(path="", kind=art.get("kind", "ok"), files=art.get("files", 1),
+                                             problems=tuple(art.get("problems", ())),
+                                             damaged=tuple(art.get("damaged", ())))
     ctx = resolve_context(desired, facts)
     for cname, cspec in (spec.get("containers") or {}).items():
         config, want_hash = desired_container(desired, ctx)

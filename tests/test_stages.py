@@ -382,6 +382,119 @@ def test_kill_9_during_a_stage_leaves_a_marker_that_reruns_it(rig):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_apply_tears_down_records_interrupted_and_exits_128_plus_signal(rig, sig, code):
+    rig.write(caches={"deep_gemm": "ensure", "flashinfer": "skip",
+                      "inductor": {"mode": "ensure", "env": {"FAKE_SGLANG_LOAD_S": "30"}}})
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(REPO))
+    apply = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", "s.yaml", "apply"], cwd=rig.base, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = rig.root / "profiles/.in_progress/inductor.json"
+    deadline = time.time() + 30
+    while time.time() < deadline and not (marker.exists() and len(rig.launches()) == 2):
+        time.sleep(0.05)
+    assert marker.exists()
+    apply.send_signal(sig)
+    out, err = apply.communicate(timeout=60)
+    assert apply.returncode == code, out + err
+    lines = out.rstrip("\n").splitlines()
+    assert lines[-2].startswith("RESULT_JSON ")
+    assert lines[-1] == "RESULT_STATUS partial deep_gemm:ok moe_tune:skipped flashinfer:skipped inductor:error"
+    result = json.loads(Path(lines[-2].split(" ", 1)[1]).read_text())
+    assert result["status"] == "partial"
+    inductor = result["stages"]["inductor"]
+    assert inductor["status"] == "error" and inductor["error_type"] == "interrupted"
+    assert inductor["errors"][0]["signal"] == signal.Signals(sig).name
+    assert f"Apply interrupted by {signal.Signals(sig).name}" in out
+    server = rig.launches()[-1]
+    with pytest.raises(ProcessLookupError):  # the warm-up server's whole group is gone
+        os.killpg(server["pgid"], 0)
+    assert marker.exists(), "an interrupted stage keeps its marker: partial cache"
+    assert not (rig.root / "profiles/.locks/inductor.lock").exists()
+    assert not (rig.root / "profiles/.locks/apply.lock").exists()
+    rig.write(caches={"inductor": {"mode": "ensure", "env": {"FAKE_SGLANG_LOAD_S": "0.1"}}})
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    assert rig.stage_action(doc, "inductor")[0] == "run"
+    assert rig.stage_action(doc, "deep_gemm") == ("noop", "valid_signature")
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not marker.exists()
+
+
+def test_a_stage_that_was_not_executed_is_never_reported_noop(rig):
+    """--only leaves deep_gemm unprimed: prep_result must not call it noop or ok."""
+    proc = rig.run("apply", "--only", "stage:inductor")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1] == ("RESULT_STATUS partial deep_gemm:skipped moe_tune:skipped "
+                                            "flashinfer:skipped inductor:ok")
+    _, result = rig.prep_result(proc)
+    assert result["stages"]["deep_gemm"]["errors"][0]["error_type"] == "not_run"
+    assert result["stages"]["moe_tune"]["errors"] == []  # skipped by the state: fine
+
+
+def test_a_blocked_stage_is_an_error_and_never_runs(rig):
+    rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip", "inductor": "skip", "moe_tune": "ensure"})
+    proc = rig.run("apply")
+    assert proc.returncode == 11, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith("moe_tune:error flashinfer:skipped inductor:skipped")
+    _, result = rig.prep_result(proc)
+    moe = result["stages"]["moe_tune"]
+    assert moe["error_type"] == "invalid_options" and "caches.moe_tune.script is not set" in moe["errors"][0]["message"]
+    assert rig.launches() == []
+
+
+def test_a_damaged_artifact_is_named_by_plan_and_repaired_by_apply(rig):
+    """A primed .so cut to 0 bytes (a disk-full or killed copy) must not pass
+    as warm: plan names the file, apply rebuilds exactly that module."""
+    rig.write(caches={"deep_gemm": "skip", "inductor": "skip"})
+    assert rig.run("apply").returncode == 0
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0
+    sos = sorted((rig.root / "profiles/flashinfer").rglob("*.so"))
+    assert len(sos) == 2
+    victim, other = sos
+    size, other_stat = victim.stat().st_size, other.stat()
+    victim.write_bytes(b"")
+    plan = rig.run("plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout
+    rel = str(victim.relative_to(rig.root))
+    assert f"artifact damaged: {rel} is 0 bytes, was {size:,} bytes" in plan.stdout
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, result = rig.prep_result(proc)
+    assert result["stages"]["flashinfer"]["artifacts"]["repaired"] == [str(Path(rel).parent)]
+    assert victim.stat().st_size == size
+    assert other.stat().st_mtime_ns == other_stat.st_mtime_ns, "the intact module was not rebuilt"
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0
+
+
+def test_same_size_corruption_is_caught_by_verify_and_apply(rig):
+    rig.write(caches={"deep_gemm": "skip", "inductor": "skip"})
+    assert rig.run("apply").returncode == 0
+    victim = sorted((rig.root / "profiles/flashinfer").rglob("*.so"))[0]
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as primed: only a hash sees it
+    assert rig.run("plan", "--detailed-exitcode").returncode == 0  # the fast path trusts size and mtime
+    plan = rig.run("plan", "--verify", "--detailed-exitcode")
+    assert plan.returncode == 2 and "changed since it was primed (sha256 differs)" in plan.stdout
+    proc = rig.run("apply")  # apply re-hashes, so it repairs without being told
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "flashinfer:ok" in proc.stdout.splitlines()[-1]
+    assert rig.run("plan", "--verify", "--detailed-exitcode").returncode == 0
+
+
+def test_a_cache_primed_without_a_manifest_is_primed_again(rig):
+    rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip"})
+    assert rig.run("apply").returncode == 0
+    (rig.root / "profiles/torchinductor/demo-model/manifest.json").unlink()
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    action, message = rig.stage_action(doc, "inductor")
+    assert action == "run" and message.startswith("no artifact manifest to prove the cache whole")
+
+
 def test_heartbeats_while_a_stage_runs(rig):
     rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip",
                       "inductor": {"mode": "ensure", "env": {"FAKE_SGLANG_LOAD_S": "1.5"}}}, heartbeat_s=0.3)

@@ -30,17 +30,23 @@ def signature_delta(old: dict, new: dict) -> list[str]:
 
 
 def diff_stage(stage, want: dict, runtime, sig, marker, hostname: str, port: int, cache_problem: str = "",
-               option_problem: str = "", container: str = "") -> Change:
+               option_problem: str = "", container: str = "", artifacts=None) -> Change:
     """`stage:<name>` for `stage` (a Stage). `cache_problem`: a host-side
     reason the cache will rebuild although its signature matches (FlashInfer
     sources touched, cache moved). `option_problem`: the stage's options
-    cannot work (blocked). `marker`: its in-progress marker fact, or None."""
+    cannot work (blocked). `marker`: its in-progress marker fact, or None.
+    `artifacts`: its manifest checked against the files (an ArtifactFact),
+    when the signature matches: a valid signature over a damaged or unproven
+    cache is never a noop."""
     address = stage.address
     mode = stage.mode
     depends = stage.depends(port, container) if mode != "skip" else ()
     before = sig.signature if sig.kind == "ok" else None
     observed = {"mode": mode, "signature": sig.kind, "stored": before,
                 "marker": marker.owner_pid if marker else None, "cache_problem": cache_problem}
+    if artifacts is not None:
+        observed["artifacts"] = {"manifest": artifacts.kind, "files": artifacts.files,
+                                 "damaged": list(artifacts.damaged)}
     common = dict(depends_on=depends, before=before, after=want if mode != "skip" else None, observed=observed)
     if mode == "skip":
         return Change(address, "noop", "skipped", f"skipped ({stage.key}: skip)", show=False,
@@ -71,6 +77,17 @@ def diff_stage(stage, want: dict, runtime, sig, marker, hostname: str, port: int
     delta = signature_delta(sig.signature, want)
     if delta:
         return Change(address, "run", "signature_changed", "signature " + ", ".join(delta), **common)
+    if artifacts is not None and artifacts.kind == "missing":
+        return Change(address, "run", "manifest_missing",
+                      "no artifact manifest to prove the cache whole (primed by an older sglprep, or removed): "
+                      "prime again", **common)
+    if artifacts is not None and artifacts.kind != "ok":
+        return Change(address, "run", "manifest_unreadable", f"manifest.json unreadable ({artifacts.error})",
+                      **common)
+    if artifacts is not None and artifacts.problems:
+        more = f" (and {len(artifacts.problems) - 1} more)" if len(artifacts.problems) > 1 else ""
+        return Change(address, "run", "artifact_damaged", f"artifact damaged: {artifacts.problems[0]}{more}",
+                      **common)
     if cache_problem:
         return Change(address, "run", "cache_stale", cache_problem, **common)
     return Change(address, "noop", "valid_signature", "valid_signature", **common)

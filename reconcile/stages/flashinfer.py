@@ -69,6 +69,14 @@ class FlashInfer(Stage):
     def launch_flags(self) -> list:
         return super().launch_flags() + self.launch_extra()
 
+    def keeps(self, rel: str) -> bool:
+        # the modules' shared objects: ninja rewrites its own logs and objects, the .so is what loads
+        return rel.endswith(".so") and "/cached_ops/" in rel
+
+    def repair_targets(self, damaged: tuple) -> tuple:
+        # a module's whole build dir: with a damaged .so left in place ninja sees no work
+        return tuple(dict.fromkeys(rel.rsplit("/", 1)[0] for rel in damaged))
+
     def checks(self, runtime, kind: str) -> list:
         return [diff_flashinfer_toolchain(runtime, kind)] if runtime.status == "ok" else []
 

@@ -118,11 +118,12 @@ class MoeTune(Stage):
             proc = run.runtime.spawn(argv, run.env(self), sink, cwd=runtime_cwd)
         except OSError as exc:
             raise StageFailed("tuner_execution_error", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
-        rc = proc.wait(timeout)
-        if rc is None:
+        try:
+            rc = proc.wait(timeout)
+        finally:  # also when interrupted
             run.runtime.teardown(proc, run.teardown_s)
+        if rc is None:
             raise StageFailed("tuner_execution_error", f"tuner still running after {timeout:g}s")
-        run.runtime.teardown(proc, run.teardown_s)
         produced = [n for n in os.listdir(cwd) if n.endswith(".json") and n not in before]
         return rc, produced
 

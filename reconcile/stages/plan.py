@@ -45,21 +45,25 @@ def want_signature(stage, desired, runtime) -> dict:
     return stage.signature(desired.model_slug, runtime, SETTINGS_FIELDS) if runtime.status == "ok" else {}
 
 
-def stage_change(stage, desired, facts, ctx, runtime):
-    """`stage:<name>` from the facts as `facts` sees them (plan, and apply's re-check)."""
+def stage_change(stage, desired, facts, ctx, runtime, verify: bool = False):
+    """`stage:<name>` from the facts as `facts` sees them (plan, and apply's
+    re-check). `verify`: re-hash every artifact (else sizes and mtimes)."""
     data = desired.data
     marker = facts.lock_file(stage.file_name, ctx.path(marker_path(stage.file_name)))
     sig_path = ctx.path(stage.signature_rel(desired.model_slug))
     active = stage.mode != "skip"
     sig = facts.signature(sig_path) if active else SignatureFact(sig_path, "missing")
+    want = want_signature(stage, desired, runtime)
+    artifacts = None
+    if active and sig.kind == "ok" and sig.signature == want:  # only a cache that claims to be warm is proven
+        artifacts = facts.artifacts(ctx.path(stage.manifest_rel(desired.model_slug)), ctx.root, verify)
     cache_problem = stage.observe(facts, ctx, runtime) if active else ""
     container = data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""
-    return diff_stage(stage, want_signature(stage, desired, runtime), runtime, sig,
-                      marker if marker.kind != "missing" else None, ctx.hostname, data["server"]["port"],
-                      cache_problem, stage.option_problem(runtime), container)
+    return diff_stage(stage, want, runtime, sig, marker if marker.kind != "missing" else None, ctx.hostname,
+                      data["server"]["port"], cache_problem, stage.option_problem(runtime), container, artifacts)
 
 
-def stage_changes(desired, facts, ctx, container=None) -> tuple[list, list, RuntimeFacts]:
+def stage_changes(desired, facts, ctx, container=None, verify: bool = False) -> tuple[list, list, RuntimeFacts]:
     """(check changes, stage changes, runtime facts) for the cache stages; no
     runtime probe when every stage is skipped."""
     data = desired.data
@@ -80,7 +84,7 @@ def stage_changes(desired, facts, ctx, container=None) -> tuple[list, list, Runt
             checks.extend(stage.checks(runtime, ctx.runtime_kind))
     extra = []
     for stage in stages:
-        changes.append(stage_change(stage, desired, facts, ctx, runtime))
+        changes.append(stage_change(stage, desired, facts, ctx, runtime, verify))
         extra.extend(stage.resources(facts, ctx, runtime))
     changes[0:0] = extra
     running = [s for s in stages if s.starts_server and s.mode != "skip"

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..errors import Interrupted
 from ..exec_privs import as_owner
 from ..exec_server import PROMPT_TOKENS, LogScan, ServerError, WarmupServer, prometheus_samples, settings_mismatch
 from ..journal import SessionLog, atomic_write_json, utc_now_iso
@@ -69,9 +70,10 @@ class StageOutcome:
 class Heartbeat:
     """Emits a progress line at least every `every_s` while a stage runs."""
 
-    def __init__(self, log: SessionLog, stage: str, every_s: float, say):
+    def __init__(self, log: SessionLog, stage: str, every_s: float, say, record: list | None = None):
         self.log, self.stage, self.every_s, self.say = log, stage, every_s, say
         self.phase, self.started = "start", time.monotonic()
+        self.record = record if record is not None else [self.phase]  # the last phase, for error reports
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -85,6 +87,7 @@ class Heartbeat:
 
     def set(self, phase: str) -> None:
         self.phase = phase
+        self.record[0] = phase
         self.say(self.stage, phase, time.monotonic() - self.started)
 
     def _run(self) -> None:
@@ -109,6 +112,8 @@ class StageRun:
         self.telemetry: list = []
         self.teardown_s = self.data["timeouts"]["teardown_s"]
         self._facts = facts
+        self.interrupted: Interrupted | None = None  # set by run(); the executor re-raises it after journaling
+        self.verify_artifacts = False  # re-hash artifacts in the re-check (as the plan did)
 
     # ------------------------------------------------------------ toolbox
     def facts(self):
@@ -246,9 +251,11 @@ class StageRun:
         except OSError as exc:
             sink.close()
             raise StageFailed("command_failed", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
-        rc = proc.wait(timeout)
-        gone, how = self.runtime.teardown(proc, self.teardown_s)
-        sink.close()
+        try:
+            rc = proc.wait(timeout)
+        finally:  # also when interrupted: never leave the command's group behind
+            gone, how = self.runtime.teardown(proc, self.teardown_s)
+            sink.close()
         if rc is not None and not gone:
             raise StageFailed("cleanup_failed", f"{argv[0]} left processes behind ({how})")
         return rc, scan.tail[-20:], self.cleanup_record(gone, how)
@@ -283,26 +290,34 @@ class StageRun:
                           settings={"model": self.data["model"]["path"], "tp": self.data["tp"],
                                     **self.data["server"]["settings"]})
         lock_held = False
+        phase = ["start"]
         try:
-            with Heartbeat(self.log, stage.name, self.data["heartbeat_s"], self.say) as beat:
+            with Heartbeat(self.log, stage.name, self.data["heartbeat_s"], self.say, phase) as beat:
                 if stage.starts_server and not self.flags_checked:
                     beat.set("check_flags")
                     self._validate_flags(stage)
                 beat.set("wait_lock")
                 self._acquire_lock(stage)
                 lock_held = True
-                fresh = stage_change(stage, self.desired, self.facts(), self.ctx, self.rt)
+                fresh = stage_change(stage, self.desired, self.facts(), self.ctx, self.rt, self.verify_artifacts)
                 if fresh.action == "noop":
                     out.status, out.ran, out.reason = "noop", False, fresh.reason
                     return out
+                if fresh.action == "blocked":
+                    raise StageFailed(fresh.reason, f"blocked since the plan: {fresh.message}")
                 out.reason = fresh.message
                 self._write_marker(stage)
                 beat.set("preflight")
                 self._preflight(stage)
+                if fresh.reason == "artifact_damaged":
+                    beat.set("repair")
+                    out.artifacts["repaired"] = self._remove_damaged(stage, fresh.observed["artifacts"]["damaged"])
                 stage.prime(self, out, beat)
                 if stage.opts.get("verify"):
                     beat.set("verify")
                     out.evidence = stage.verify(self, out, beat)
+                beat.set("manifest")
+                self._write_manifest(stage, out)
                 self._write_signature(stage, want)
                 self._remove_marker(stage)
                 out.status = "ok"
@@ -312,6 +327,18 @@ class StageRun:
         except ServerError as exc:
             out.error_type = exc.error_type
             out.errors.append({"error_type": exc.error_type, "message": str(exc)})
+        except Interrupted as exc:
+            # the stage's processes were torn down by the code it interrupted
+            # (every spawn sits in a try/finally); its marker stays: partial cache
+            out.error_type = "interrupted"
+            out.errors.append({"error_type": "interrupted", "message": f"{exc} during {phase[0]}",
+                               "signal": exc.name})
+            self.interrupted = exc
+        except Exception as exc:  # a bug or an unexpected fault: say so, never "ok" or "noop"
+            out.error_type = "internal_error"
+            summary = " ".join(str(exc).split())[:300]
+            out.errors.append({"error_type": "internal_error", "message": f"{type(exc).__name__}: {summary}"
+                               .rstrip(": "), "phase": phase[0]})
         finally:
             if lock_held:
                 release(self.path(lock_path(stage.file_name)), stage.file_name, self.owner)
@@ -374,6 +401,41 @@ class StageRun:
                 os.unlink(self.path(marker_path(stage.file_name)))
             except FileNotFoundError:
                 pass
+
+    def _remove_damaged(self, stage: Stage, damaged: list) -> list:
+        """Remove what priming must rebuild (a damaged .so left in place looks
+        built to ninja), as the owner, never outside the stage's own dirs."""
+        import shutil
+
+        removed = []
+        allowed = tuple(d.rstrip("/") + "/" for d in stage.artifact_dirs())
+        for rel in stage.repair_targets(tuple(damaged)):
+            if not rel.startswith(allowed) or ".." in rel.split("/"):
+                raise StageFailed("artifact_damaged", f"refusing to repair {rel}: outside {', '.join(allowed)}")
+            path = self.path(rel)
+            with self.owner():
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.unlink(path)
+            removed.append(rel)
+        self.log.optimize(stage.name, "progress", f"repair: removed {len(removed)} damaged artifact(s)",
+                          removed=removed)
+        return removed
+
+    def _write_manifest(self, stage: Stage, out) -> None:
+        """What the stage produced, proven whole: written before the signature,
+        so a signature always has its manifest."""
+        from ..facts_artifacts import collect
+
+        files = collect(self.ctx.root, stage.artifact_dirs(), stage.keeps)
+        path = self.path(stage.manifest_rel(self.slug))
+        with self.owner():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write_json(path, {"schema_version": "1", "stage": stage.name, "written_at": utc_now_iso(),
+                                     "run_id": self.run_id, "files": files})
+        out.artifacts["manifest"] = {"host_path": path, "files": len(files),
+                                     "bytes": sum(f["size"] for f in files)}
 
     def _write_signature(self, stage: Stage, want: dict) -> None:
         path = self.path(stage.signature_rel(self.slug))

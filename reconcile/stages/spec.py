@@ -86,6 +86,25 @@ class Stage:
     def signature_rel(self, slug: str) -> str:
         return f"{self.cache_dir}/{slug}/signature.json"
 
+    def manifest_rel(self, slug: str) -> str:
+        """The artifact manifest, beside the signature."""
+        return self.signature_rel(slug).rsplit("/", 1)[0] + "/manifest.json"
+
+    def artifact_dirs(self) -> tuple:
+        """Where this stage's artifacts live (relative to the storage root)."""
+        return tuple(dict.fromkeys((*self.caches.values(), self.cache_dir)))
+
+    def keeps(self, rel: str) -> bool:
+        """Whether a file is one of this stage's artifacts (in its manifest):
+        not its bookkeeping (signature, manifest, logs, locks, temp files)."""
+        name = rel.rsplit("/", 1)[-1]
+        return not (name in ("signature.json", "manifest.json") or name.endswith((".log", ".lock", ".tmp", ".new"))
+                    or name.startswith(".write_test"))
+
+    def repair_targets(self, damaged: tuple) -> tuple:
+        """What to remove so that priming rebuilds the damaged artifacts."""
+        return tuple(damaged)
+
     def log_rel(self, slug: str, name: str) -> str:
         return f"{self.cache_dir}/{slug}/{name}"
 
