@@ -17,11 +17,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
-# Passed through from sglprep's own environment into the runtime: what a GPU
-# process needs to find its driver, toolkit and libraries.
-PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH",
-                   "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
-                   "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VIRTUAL_ENV")
+from .facts_runtime import PASSTHROUGH_ENV, owner_environment  # noqa: F401 - one definition, re-exported
 
 
 class Process(Protocol):
@@ -83,12 +79,7 @@ class LocalRuntime:
         self.environ = os.environ if environ is None else environ
 
     def base_env(self) -> dict:
-        env = {k: self.environ[k] for k in PASSTHROUGH_ENV if k in self.environ}
-        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env["HOME"] = self.home
-        env["PYTHONUNBUFFERED"] = "1"
-        env.update(self.extra_env)
-        return env
+        return owner_environment(self.environ, self.home, self.extra_env)
 
     def spawn(self, argv: list, env: dict, on_line: Callable[[str], None], cwd: str | None = None) -> LocalProcess:
         kwargs = {}

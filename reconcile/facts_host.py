@@ -223,6 +223,12 @@ class HostFacts:
                         sudo_gid=num("SUDO_GID"), hostname=os.uname().nodename,
                         home=self._env.get("HOME", ""))
 
+    def owner_home(self, uid: int) -> str:
+        """HOME for processes run as `uid`: its passwd home when sglprep runs
+        as root for it, else the invoker's own HOME; /tmp if neither exists."""
+        home = self.home_of(uid) if uid != os.geteuid() else self.identity().home
+        return home if home and os.path.isdir(home) else "/tmp"
+
     def home_of(self, uid: int) -> str:
         def compute():
             import pwd
@@ -290,9 +296,10 @@ class HostFacts:
             from .facts_docker import docker_prober
 
             return docker_prober(container, uid, gid, extra_env, self._env)
-        from .facts_runtime import local_prober
+        from .facts_runtime import local_prober, owner_environment
 
-        return local_prober({**self._env, **extra_env}, uid, gid)
+        home = self.owner_home(uid if uid is not None else os.geteuid())
+        return local_prober(owner_environment(self._env, home, extra_env), uid, gid)
 
     def runtime(self, python: str, extra_env: dict, uid: int | None = None, gid: int | None = None,
                 container: str = ""):
@@ -336,11 +343,15 @@ class HostFacts:
 
         return self._cached(("model", config_path), lambda: model_fact(config_path))
 
-    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja: str | None) -> tuple:
+    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja: str | None,
+                           uid: int | None = None, gid: int | None = None, extra_env: dict | None = None) -> tuple:
+        """FlashInfer's module builds; `ninja -n` runs as uid:gid with the
+        owner's environment (the runtime's ninja is the owner's binary)."""
         from .facts_stages import flashinfer_modules
 
-        return self._cached(("flashinfer", cached_ops, runtime_cached_ops, ninja),
-                            lambda: flashinfer_modules(cached_ops, runtime_cached_ops, ninja))
+        prober = self._prober(extra_env or {}, uid, gid, "") if ninja else None
+        return self._cached(("flashinfer", cached_ops, runtime_cached_ops, ninja, uid),
+                            lambda: flashinfer_modules(cached_ops, runtime_cached_ops, ninja, prober))
 
     def artifacts(self, manifest_path: str, root: str, full: bool = False):
         """A stage's artifact manifest checked against the files (facts_artifacts)."""

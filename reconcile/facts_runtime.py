@@ -146,6 +146,27 @@ class RuntimeFacts(NamedTuple):
 # A prober runs argv in the runtime and returns (returncode, stdout, stderr).
 Prober = Callable[[list], tuple]
 
+# Passed through from sglprep's own environment into the runtime: what a GPU
+# process needs to find its driver, toolkit and libraries. Nothing else of the
+# invoker's environment (root's HOME, its tokens and cloud credentials) reaches
+# a process that runs as the storage owner.
+PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH",
+                   "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+                   "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VIRTUAL_ENV")
+
+
+def owner_environment(environ, home: str, extra_env: dict) -> dict:
+    """The environment of every process that runs as the storage owner, at
+    plan time (probe, flag check, ninja -n) and apply time (stages) alike:
+    the pass-through variables, the owner's HOME (XDG dirs follow it), then
+    runtime.env."""
+    env = {k: environ[k] for k in PASSTHROUGH_ENV if k in environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["HOME"] = home
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env)
+    return env
+
 
 def local_prober(env: dict | None = None, uid: int | None = None, gid: int | None = None) -> Prober:
     """Runs probes on this host; as `uid:gid` when root, so the probe sees

@@ -72,9 +72,11 @@ class FlashInferModule(NamedTuple):
     work: int  # lines `ninja -n` would run
 
 
-def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | None) -> tuple:
+def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | None, prober=None) -> tuple:
     """Every module dir under `cached_ops` (host path); `runtime_cached_ops` is
-    the same directory as the runtime sees it, which build.ninja must name."""
+    the same directory as the runtime sees it, which build.ninja must name.
+    `ninja -n` (the runtime's ninja: a binary the owner controls) runs through
+    `prober`, as the storage owner with the owner's environment, never as root."""
     try:
         names = sorted(n for n in os.listdir(cached_ops) if n != "tmp" and not n.startswith("."))
     except (FileNotFoundError, NotADirectoryError):
@@ -99,8 +101,8 @@ def flashinfer_modules(cached_ops: str, runtime_cached_ops: str, ninja: str | No
         named = _named_module_dir(text, name)
         names_own = _ninja_escape(own) + "/" in text or own + "/" in text
         state, work = "unknown", 0
-        if ninja and names_own:
-            state, work = _ninja_dry_run(ninja, module_dir)
+        if ninja and names_own and prober is not None:
+            state, work = _ninja_dry_run(ninja, module_dir, prober)
         out.append(FlashInferModule(name, has_so, so_mtime, names_own, named, state, work))
     return tuple(out)
 
@@ -119,18 +121,15 @@ def _named_module_dir(text: str, name: str) -> str:
     return ""
 
 
-def _ninja_dry_run(ninja: str, module_dir: str) -> tuple[str, int]:
-    import subprocess
-
-    try:
-        proc = subprocess.run([ninja, "-n", "-C", module_dir], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
+def _ninja_dry_run(ninja: str, module_dir: str, prober) -> tuple[str, int]:
+    rc, out, _ = prober([ninja, "-n", "-C", module_dir])
+    if rc in (124, 126, 127):  # timed out, not executable, not found: unknown, not dirty
         return "unknown", 0
-    if proc.returncode != 0:
+    if rc != 0:
         return "dirty", 1
-    if "no work to do" in proc.stdout:
+    if "no work to do" in out:
         return "clean", 0
-    work = sum(1 for line in proc.stdout.splitlines() if line.startswith("["))
+    work = sum(1 for line in out.splitlines() if line.startswith("["))
     return ("dirty", work) if work else ("clean", 0)
 
 
@@ -190,32 +189,45 @@ def flashinfer_cache_problem(modules: tuple, sources_mtime: float = 0.0) -> str:
 VALIDATE_FLAGS_SCRIPT = r'''
 import contextlib, io, json, sys
 from sglang.srt.server_args import prepare_server_args
-results = {}
+rejected, failed = {}, {}
 for stage, argv in json.loads(sys.argv[1]).items():
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
             prepare_server_args(argv)
-        results[stage] = ""
     except SystemExit as exc:
+        if exc.code in (0, None):
+            continue
         lines = [l for l in err.getvalue().splitlines() if l.strip()]
-        results[stage] = lines[-1] if lines else "exit %s" % exc.code
+        rejected[stage] = lines[-1] if lines else "exit %s" % exc.code
     except Exception as exc:
-        results[stage] = "%s: %s" % (type(exc).__name__, exc)
-print(json.dumps(results))
+        failed[stage] = "%s: %s" % (type(exc).__name__, exc)
+print(json.dumps({"rejected": rejected, "failed": failed}))
 '''
 
 
-def validate_server_flags(python: str, prober: Prober, argvs: dict) -> dict:
-    """stage -> "" when the installed SGLang's parser accepts its argv, else
-    the parser's error line (e.g. `sglang serve: error: unrecognized arguments: false`)."""
+class FlagCheck(NamedTuple):
+    """SGLang's own parser on each server stage's argv. `ran`: the parser
+    could be run at all (`cause` says why not); `rejected`: stage -> the
+    parser's error line (the flags are wrong); `failed`: stage -> an error
+    that is not about the flags (the runtime is)."""
+
+    ran: bool
+    cause: str = ""
+    rejected: dict = {}
+    failed: dict = {}
+
+
+def validate_server_flags(python: str, prober: Prober, argvs: dict) -> FlagCheck:
+    """Run the installed SGLang's parser on `argvs` (stage -> argv)."""
     if not argvs:
-        return {}
+        return FlagCheck(ran=True)
     rc, out, err = prober([python, "-B", "-c", VALIDATE_FLAGS_SCRIPT, json.dumps(argvs)])
     if rc == 0:
         try:
-            return json.loads(out.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+            data = json.loads(out.strip().splitlines()[-1])
+            return FlagCheck(ran=True, rejected=dict(data.get("rejected") or {}), failed=dict(data.get("failed") or {}))
+        except (ValueError, IndexError, AttributeError):
             pass
     last = (err or out).strip().splitlines()[-1:] or [f"exit {rc}"]
-    return {stage: f"could not run SGLang's argument parser: {last[0]}" for stage in argvs}
+    return FlagCheck(ran=False, cause=last[0][:300])

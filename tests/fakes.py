@@ -63,6 +63,9 @@ class FakeFacts:
     def home_of(self, uid: int) -> str:
         return self.homes.get(uid, "")
 
+    def owner_home(self, uid: int) -> str:
+        return self.homes.get(uid, "/tmp")
+
     def directory(self, path: str, follow: bool = False) -> DirFact:
         self.asked.append(("directory", path))
         rel = self._rel(path)
@@ -108,9 +111,14 @@ class FakeFacts:
         self.asked.append(("runtime", python))
         return self._runtime
 
-    def server_flags(self, python: str, extra_env: dict, argvs: dict, uid=None, gid=None, container="") -> dict:
+    def server_flags(self, python: str, extra_env: dict, argvs: dict, uid=None, gid=None, container=""):
+        """`flags`: stage -> the parser's error line; `"*"`: the parser could not run (its cause)."""
+        from reconcile.facts_stages import FlagCheck
+
         self.asked.append(("server_flags", tuple(sorted(argvs))))
-        return {stage: self.flags.get(stage, "") for stage in argvs}
+        if "*" in self.flags:
+            return FlagCheck(ran=False, cause=self.flags["*"])
+        return FlagCheck(ran=True, rejected={s: self.flags[s] for s in argvs if self.flags.get(s)})
 
     def signature(self, path: str):
         from reconcile.facts_stages import SignatureFact
@@ -122,7 +130,8 @@ class FakeFacts:
 
         return self._model or ModelFact(path=config_path, kind="ok", max_context=262144)
 
-    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja) -> tuple:
+    def flashinfer_modules(self, cached_ops: str, runtime_cached_ops: str, ninja, uid=None, gid=None,
+                           extra_env=None) -> tuple:
         return self._flashinfer
 
     def artifacts(self, manifest_path: str, root: str, full: bool = False):

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import sys
-from pathlib import Path
 
 from test_stages import OWNER, Rig, rig  # noqa: F401 - the `rig` fixture
 

@@ -495,6 +495,28 @@ def test_a_cache_primed_without_a_manifest_is_primed_again(rig):
     assert action == "run" and message.startswith("no artifact manifest to prove the cache whole")
 
 
+def test_a_parser_that_cannot_run_is_not_called_a_flag_problem(rig):
+    """The runtime cannot run SGLang's parser (its HOME is not writable): the
+    plan blocks on that cause and does not tell the user to change flags."""
+    rig.env["HOME"] = "/proc/sglprep-no-home"
+    rig.write(runtime={"env": rig.env})
+    proc = rig.run("plan")
+    assert proc.returncode == 1
+    line = next(ln for ln in proc.stdout.splitlines() if "server_flags" in ln)
+    assert "could not run sglang 0.5.23's argument parser in the runtime" in line
+    assert "No such file or directory" in line or "Permission denied" in line or "Errno" in line
+    assert "fix server.settings" not in line and "the flags were not judged" in line
+
+
+def test_the_flag_check_runs_as_the_owner_with_the_owner_home(rig):
+    """As root, the parser runs as the storage owner with the owner's HOME,
+    never root's (whose ~/.cache the owner cannot write), and root's other
+    variables do not reach it."""
+    proc = rig.run("plan", env={"HOME": "/root", "AWS_SECRET_ACCESS_KEY": "root-only"})
+    assert proc.returncode == 0, proc.stdout
+    assert "server_flags" not in proc.stdout  # accepted: an ok check is not printed
+
+
 def test_heartbeats_while_a_stage_runs(rig):
     rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip",
                       "inductor": {"mode": "ensure", "env": {"FAKE_SGLANG_LOAD_S": "1.5"}}}, heartbeat_s=0.3)

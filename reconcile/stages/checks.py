@@ -63,16 +63,24 @@ def diff_model(model_path: str, context_length: int | None, fact: ModelFact) -> 
                   observed=observed, show=False)
 
 
-def diff_server_flags(results: dict, sglang_version: str) -> Change:
-    """`check:server_flags`: the installed SGLang's parser on each stage's argv.
-    `results`: stage -> "" (accepted) or the parser's error line."""
-    rejected = {stage: err for stage, err in results.items() if err}
-    observed = {"sglang": sglang_version, "rejected": rejected}
-    if rejected:
-        first_stage, err = next(iter(rejected.items()))
+def diff_server_flags(check, sglang_version: str, stages: list) -> Change:
+    """`check:server_flags`: the installed SGLang's parser on each stage's
+    argv (`check`, a FlagCheck). Flags the parser rejects block with the
+    flag named; a parser that could not run blocks with its cause and never
+    advises changing flags that may well be right."""
+    observed = {"sglang": sglang_version, "ran": check.ran, "cause": check.cause, "rejected": check.rejected,
+                "failed": check.failed}
+    common = dict(depends_on=("check:runtime",), observed=observed)
+    if not check.ran or check.failed:
+        cause = check.cause or next(iter(check.failed.values()))
+        return Change("check:server_flags", "blocked", "flag_check_failed",
+                      f"could not run sglang {sglang_version}'s argument parser in the runtime (as the storage "
+                      f"owner): {cause} → fix the runtime (the flags were not judged)", **common)
+    if check.rejected:
+        first_stage, err = next(iter(check.rejected.items()))
         return Change("check:server_flags", "blocked", "flags_rejected",
                       f"sglang {sglang_version} rejects the {first_stage} server flags: {err} → fix server.settings "
-                      f"or server.extra_args", depends_on=("check:runtime",), observed=observed)
+                      f"or server.extra_args", **common)
     return Change("check:server_flags", "noop", "ok",
-                  f"sglang {sglang_version} accepts the flags of {', '.join(results) or 'no stage'}",
-                  depends_on=("check:runtime",), observed=observed, show=False)
+                  f"sglang {sglang_version} accepts the flags of {', '.join(stages) or 'no stage'}",
+                  show=False, **common)

@@ -3,7 +3,6 @@ and journals them: a stage JSON for every stage (noop and skipped ones too),
 written before the aggregate `prep_result.json`, and the RESULT_STATUS line."""
 from __future__ import annotations
 
-import os
 import time
 
 from ..exec_privs import as_owner
@@ -47,10 +46,8 @@ class StagesExecutor:
             else:
                 from ..exec_runtime import LocalRuntime
 
-                home = self.facts.home_of(self.ctx.owner.uid) if self.ctx.owner.uid != os.geteuid() else \
-                    self.facts.identity().home
                 runtime = LocalRuntime(data["runtime"]["python"], data["runtime"]["env"], self.ctx.owner.uid,
-                                       self.ctx.owner.gid, home if home and os.path.isdir(home) else "/tmp", environ)
+                                       self.ctx.owner.gid, self.facts.owner_home(self.ctx.owner.uid), environ)
             self.runner = StageRun(self.desired, self.ctx, runtime, rt, self.log, self.run_id, self.progress,
                                    self.facts)
             self.runner.ready = {name for name in self.stages if self._valid_in_plan(name)}

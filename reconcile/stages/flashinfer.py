@@ -19,6 +19,7 @@ import os
 import time
 
 from ..facts_host import tree_stats
+from ..facts_runtime import RuntimeFacts
 from ..plan_model import Change
 from ..state_flags import flashinfer_cached_ops
 from ..state_spec import S
@@ -95,7 +96,8 @@ class FlashInfer(Stage):
         if ops is None:
             return ()
         ninja = runtime.ninja if ctx.runtime_kind == "local" else None
-        return facts.flashinfer_modules(ops[0], ops[1], ninja)
+        return facts.flashinfer_modules(ops[0], ops[1], ninja, ctx.owner.uid, ctx.owner.gid,
+                                        self.data["runtime"]["env"])
 
     def observe(self, facts, ctx, runtime) -> str:
         from ..facts_stages import flashinfer_cache_problem

@@ -91,10 +91,10 @@ def stage_changes(desired, facts, ctx, container=None, verify: bool = False) -> 
                and next(c for c in changes if c.address == s.address).action == "run"]
     if running and runtime.status == "ok":  # pending: apply validates them once the container runs
         container_name = data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""
-        results = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"],
-                                     {s.name: s.flags_argv() for s in running},
-                                     ctx.owner.uid, ctx.owner.gid, container_name)
-        checks.append(diff_server_flags(results, runtime.version("sglang")))
+        check = facts.server_flags(data["runtime"]["python"], data["runtime"]["env"],
+                                   {s.name: s.flags_argv() for s in running},
+                                   ctx.owner.uid, ctx.owner.gid, container_name)
+        checks.append(diff_server_flags(check, runtime.version("sglang"), [s.name for s in running]))
     return checks, changes, runtime
 
 

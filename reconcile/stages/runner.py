@@ -365,10 +365,14 @@ class StageRun:
             from ..facts_runtime import local_prober
 
             prober = local_prober(self.runtime.base_env(), self.ctx.owner.uid, self.ctx.owner.gid)
-        error = validate_server_flags(self.runtime.python, prober, {stage.name: stage.flags_argv()}).get(stage.name, "")
-        if error:
+        check = validate_server_flags(self.runtime.python, prober, {stage.name: stage.flags_argv()})
+        if not check.ran or check.failed:
+            cause = check.cause or next(iter(check.failed.values()))
+            raise StageFailed("flag_check_failed", f"could not run sglang {self.rt.version('sglang')}'s argument "
+                              f"parser in the runtime: {cause} (the flags were not judged)")
+        if check.rejected:
             raise StageFailed("flags_rejected", f"sglang {self.rt.version('sglang')} rejects the {stage.name} server "
-                              f"flags: {error}")
+                              f"flags: {check.rejected[stage.name]}")
 
     # ------------------------------------------------------------ lock, marker, preflight
     def _acquire_lock(self, stage: Stage) -> None:

@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, List, Optional
+from typing import List, Optional
 
 from . import env as jit_env
 from .cpp_ext import build_without_ninja, generate_ninja_build_for_op, run_ninja

@@ -318,7 +318,14 @@ def _merge_config(argv: List[str]) -> List[str]:
 
 
 def prepare_server_args(argv: List[str]) -> ServerArgs:
-    """Parse like the real ``prepare_server_args``: exit 2 on a bad flag."""
+    """Parse like the real ``prepare_server_args``: exit 2 on a bad flag.
+    Like the released package, it first makes sure its cache root under HOME
+    exists, so a parser run as another user with root's HOME fails with
+    PermissionError (not a flag problem)."""
+    import os
+
+    os.makedirs(os.environ.get("SGLANG_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sglang"),
+                exist_ok=True)
     parser = make_parser()
     argv = _merge_config(list(argv))
     args = parser.parse_args(argv)
