@@ -219,7 +219,8 @@ def cmd_apply(args, argv=None) -> int:
     progress = StageProgress(sys.stderr, live=use_color(sys.stderr, args.no_color))
     exec_signals.install()  # SIGINT/SIGTERM/SIGHUP: the running stage records `interrupted`, apply journals
     try:
-        report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress, facts=facts)
+        report = apply_plan(plan, desired, ctx, only=args.only, command=command, progress=progress, facts=facts,
+                            saved=saved is not None)
     finally:
         progress.close()
     result_lines = [f"RESULT_JSON {report.result_json}", report.result_status] if report.result_json else []

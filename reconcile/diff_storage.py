@@ -194,9 +194,12 @@ def diff_lock(lock: LockFact, hostname: str) -> Change:
         return Change(address, "blocked", "foreign_host",
                       f"{why}; cannot check it from here → confirm it is gone there, then rm {_q(lock.path)}",
                       depends_on=depends, before=before, observed=observed)
-    return Change(address, "blocked", "held",
-                  f"{why} → wait for it to finish (or stop pid {lock.owner_pid})",
-                  depends_on=depends, before=before, observed=observed)
+    # a live holder on this host is an apply at work, not a fault: plan says so
+    # and exits as it would without it (cron must not raise an alarm for it)
+    return Change(address, "noop", "held",
+                  f"{why}: an apply is at work; what it changes is not in this plan yet",
+                  depends_on=depends, before=before, observed=observed,
+                  warnings=(f"{address} {why}: an apply is running; plan again when it ends",))
 
 
 def diff_marker(marker: LockFact, hostname: str) -> Change:
@@ -251,6 +254,20 @@ def diff_pointer(pointer: PointerFact, cont=None) -> Change:
     run_id = pointer.manifest.get("container_run_id") or pointer.manifest.get("run_id") or "?"
     return Change(address, "noop", "ok", f"manifest of run {run_id}", depends_on=depends, before=before,
                   observed=observed, show=False)
+
+
+# ------------------------------------------------------------------ temp files
+
+def diff_tempfiles(leftovers: list) -> Change | None:
+    """`tempfiles:leftover`: temp files of atomic writes whose writer is gone
+    (a crash between write and rename). `leftovers`: (path, pid, alive)."""
+    stale = sorted(path for path, _, alive in leftovers if not alive)
+    if not stale:
+        return None
+    names = ", ".join(p.rsplit("/", 1)[-1] for p in stale[:2]) + (", …" if len(stale) > 2 else "")
+    return Change("tempfiles:leftover", "delete", "writer_gone",
+                  f"{len(stale)} temp file(s) left by writers that are gone ({names})",
+                  depends_on=("check:storage_owner",), before={"paths": stale}, observed={"paths": stale})
 
 
 # ------------------------------------------------------------------------ port

@@ -68,7 +68,8 @@ class RunLock:
     def _owner(self):
         return as_owner(self.ctx.owner.uid, self.ctx.owner.gid)
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Take the run lock; True when another holder had it first."""
         def on_stale(why: str) -> None:
             self.say(f"lock:apply: reclaiming stale run lock ({why})")
 
@@ -76,14 +77,16 @@ class RunLock:
             self.say(f"lock:apply: waiting for pid {lock.owner_pid} (started {lock.started_at or '?'})")
 
         try:
-            acquire(self.path, RUN_LOCK, lock_info(self.ctx.hostname, self.command), self.ctx.hostname,
-                    self.timeout_s, self._owner, on_stale=on_stale, on_wait=on_wait, wait_every_s=self.heartbeat_s)
+            waited = acquire(self.path, RUN_LOCK, lock_info(self.ctx.hostname, self.command), self.ctx.hostname,
+                             self.timeout_s, self._owner, on_stale=on_stale, on_wait=on_wait,
+                             wait_every_s=self.heartbeat_s)
         except LockTimeout as exc:
             lock = exc.lock
             raise LockTimeoutError(
                 f"another apply holds the run lock {self.path}: pid {lock.owner_pid}, started "
                 f"{lock.started_at or '?'} ({exc}); waited {self.timeout_s:g}s (timeouts.lock_s)") from None
         self.held = True
+        return waited
 
     def release(self) -> None:
         if self.held:
@@ -100,7 +103,7 @@ def _bootstrap_addresses() -> list[str]:
     return ["check:storage_owner"] + chain[::-1]
 
 
-STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port")
+STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port", "tempfiles")
 
 
 def executor_table(desired: Desired, ctx: Context, facts, say, stage_executor) -> dict:
@@ -142,10 +145,14 @@ class _LazyStages:
 
 
 def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None = None,
-               command: str = "sglprep apply", say=None, progress=None, facts=None) -> ApplyReport:
+               command: str = "sglprep apply", say=None, progress=None, facts=None,
+               saved: bool = False) -> ApplyReport:
     """Carry out `plan`. `facts`: the HostFacts the plan was built from (its
-    runtime probe is reused). `say(line)`: lock and warning lines;
-    `progress(stage, phase, elapsed_s)`: stage progress for a live display."""
+    runtime probe is reused). `saved`: the plan came from `plan -o`; if the
+    run lock was held when we came, the host is planned again and a saved
+    plan that no longer matches is refused (exit 3), an unsaved one replaced.
+    `say(line)`: lock and warning lines; `progress(stage, phase, elapsed_s)`:
+    stage progress for a live display."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     facts = facts if facts is not None else HostFacts()
     environ = facts.environ
@@ -217,7 +224,9 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
                 run(change)
             current = None
             if os.path.isdir(ctx.path(LOCKS_DIR)):
-                lock.acquire()
+                if lock.acquire():  # someone applied meanwhile: act on the host as it is now
+                    plan, rest = _replan(plan, desired, facts, only, saved, first, say)
+                    pending[:] = first + rest
             elif not any(r.status in (FAILED, SKIPPED) for r in report.results):
                 say(f"warning: {ctx.path(LOCKS_DIR)} could not be created; applying without the run lock")
             for change in rest:
@@ -253,6 +262,25 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         _record_apply(desired, ctx, report, facts)
         lock.release()
     return report
+
+
+def _replan(plan: Plan, desired: Desired, facts, only, saved: bool, done: list, say) -> tuple:
+    """(plan, changes still to do) after waiting for the run lock."""
+    from .errors import StalePlanError
+    from .plan import build_plan
+
+    fresh = build_plan(desired, facts.fresh(), own_pid=os.getpid(), verify=True)
+    if fresh.fingerprint != plan.fingerprint:
+        if saved:
+            raise StalePlanError("Saved plan is stale: another apply changed the host while this one waited for "
+                                 "the run lock. Nothing more was applied; run `sglprep plan` again.")
+        say("lock:apply: the host changed while this apply waited; planned again")
+    done_addresses = {c.address for c in done}
+    selected = _select(fresh, only)
+    rest = [c for c in fresh.changes if c.action != "noop" and c.address in selected
+            and c.address not in done_addresses]
+    plan.changes[:] = fresh.changes  # the stage executor and the report read the same plan
+    return plan, rest
 
 
 def _record_if_outdated(plan: Plan, desired: Desired, ctx: Context, report: ApplyReport, facts) -> None:

@@ -25,14 +25,14 @@ class StorageExecutor:
     """Carries out storage changes for one run, and the extra resources a
     stage kind owns (its `apply_resource`)."""
 
-    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port")
+    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port", "tempfiles")
 
     def __init__(self, desired: Desired, ctx: Context, facts):
         self.desired = desired
         self.ctx = ctx
         self.facts = facts
         self.actions = {"directory": self._do_directory, "file": self._do_file, "lock": self._do_lock,
-                        "pointer": self._do_pointer}
+                        "pointer": self._do_pointer, "tempfiles": self._do_tempfiles}
         kinds = catalog.resource_types()
         for stage in catalog.stages(desired.data):
             for rtype, kind in kinds.items():
@@ -88,3 +88,11 @@ class StorageExecutor:
         path = self.ctx.path("telemetry/container_run_meta.env")
         os.unlink(path)
         return f"removed {change.message}"
+
+    def _do_tempfiles(self, change: Change) -> str:
+        for path in change.observed["paths"]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        return f"removed {len(change.observed['paths'])} leftover temp file(s)"

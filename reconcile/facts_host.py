@@ -163,6 +163,67 @@ class DiskFact(NamedTuple):
     total_bytes: int
 
 
+def read_bounded(path: str, limit: int = 1 << 20, follow: bool = False) -> tuple[str, bytes, str]:
+    """(missing | ok | unreadable, content, error) of a small file sglprep
+    reads as a fact. Never follows a link (unless `follow`: a model's
+    config.json in a Hugging Face snapshot is one), never blocks on a FIFO or
+    device, never reads more than `limit` bytes: a file the owner planted
+    cannot make root disclose, hang or run out of memory."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing", b"", ""
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the path is a symbolic link
+            return "unreadable", b"", "a symbolic link (not followed)"
+        return "unreadable", b"", exc.strerror or str(exc)
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            return "unreadable", b"", "not a regular file"
+        if st.st_size > limit:
+            return "unreadable", b"", f"larger than {limit} bytes"
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            return "unreadable", b"", f"larger than {limit} bytes"
+        return "ok", b"".join(chunks), ""
+    except OSError as exc:
+        return "unreadable", b"", exc.strerror or str(exc)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str, limit: int = 16 << 20, follow: bool = False) -> tuple[str, object, str]:
+    """(missing | ok | unparseable, value, error) of a JSON fact file, read
+    with `read_bounded`."""
+    import json
+
+    kind, data, error = read_bounded(path, limit, follow)
+    if kind == "missing":
+        return "missing", None, ""
+    if kind != "ok":
+        return "unparseable", None, error
+    try:
+        return "ok", json.loads(data), ""
+    except (ValueError, RecursionError) as exc:
+        return "unparseable", None, str(exc)[:200]
+
+
+_CONTROL = dict.fromkeys(range(32)) | {127: None}
+
+
+def printable(text) -> str:
+    """A string from a file the owner controls, safe for a terminal and a log line."""
+    return str(text).translate(_CONTROL)[:500]
+
+
 def parse_iso(text: str) -> float | None:
     if not text:
         return None
@@ -261,30 +322,39 @@ class HostFacts:
         return self._cached(("lock", path), lambda: self._lock_fact(name, path))
 
     def _lock_fact(self, name: str, path: str) -> LockFact:
-        import json
-
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read(65536)
-            data = json.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            pid = data.get("owner_pid")
-            if isinstance(pid, bool) or not isinstance(pid, int):
-                raise ValueError("owner_pid is not an integer")
-        except FileNotFoundError:
+        kind, data, error = read_json(path, 65536)
+        if kind == "missing":
             return LockFact(name=name, path=path, kind="missing")
-        except (OSError, ValueError) as exc:
-            return LockFact(name=name, path=path, kind="unparseable", error=str(exc))
+        pid = data.get("owner_pid") if isinstance(data, dict) else None
+        if kind == "ok" and not isinstance(data, dict):
+            error = "not a JSON object"
+        elif kind == "ok" and (isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 1 << 31):
+            error = "owner_pid is not a process id"
+        if error or kind != "ok":
+            return LockFact(name=name, path=path, kind="unparseable", error=printable(error))
         return LockFact(name=name, path=path, kind="ok", owner_pid=pid,
-                        started_at=str(data.get("started_at", "")), host=str(data.get("host", "")),
-                        command=str(data.get("command", "")), process=self.process(pid))
+                        started_at=printable(data.get("started_at", ""))[:40], host=printable(data.get("host", "")),
+                        command=printable(data.get("command", "")), process=self.process(pid))
 
     def process(self, pid: int) -> ProcFact:
         return self._cached(("proc", pid), lambda: _proc_fact(pid))
 
     def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
         return self._cached(("pointer", path), lambda: _pointer_fact(path, container_root, host_root))
+
+    def temp_leftovers(self, dirs: tuple) -> tuple:
+        """(path, writer pid) of every temp file sglprep's atomic writes leave
+        (`.<name>.<pid>[.<random>].tmp|.new`) in `dirs` (no recursion)."""
+        out = []
+        for directory in dirs:
+            for entry in self.listdir(directory):
+                if not entry.startswith(".") or not entry.endswith((".tmp", ".new")):
+                    continue
+                parts = entry.rsplit(".", 3)
+                pid = next((int(p) for p in parts[1:3] if p.isdigit()), 0)
+                if pid:
+                    out.append((os.path.join(directory, entry), pid))
+        return tuple(out)
 
     def port(self, port: int) -> PortFact:
         return self._cached(("port", port), lambda: _port_fact(port))
@@ -361,16 +431,13 @@ class HostFacts:
 
     def last_apply(self, path: str) -> LastApplyFact:
         def compute():
-            import json
-
+            kind, data, _ = read_json(path, 64 << 20)
+            if kind != "ok":
+                return LastApplyFact(kind=kind)
             try:
-                with open(path, encoding="utf-8") as fh:
-                    data = json.load(fh)
-                return LastApplyFact(kind="ok", applied_at=float(parse_iso(data.get("applied_at", "")) or 0.0),
+                return LastApplyFact(kind="ok", applied_at=float(parse_iso(str(data.get("applied_at", ""))) or 0.0),
                                      intents=dict(data.get("intents") or {}))
-            except (FileNotFoundError, NotADirectoryError):
-                return LastApplyFact(kind="missing")
-            except (OSError, ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError):
                 return LastApplyFact(kind="unparseable")
         return self._cached(("last_apply", path), compute)
 
@@ -413,12 +480,12 @@ def _file_fact(path: str) -> FileFact:
         return FileFact(path=path, kind="missing")
     if not stat_mod.S_ISREG(st.st_mode):
         return FileFact(path=path, kind="not_file", uid=st.st_uid, gid=st.st_gid)
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            text = fh.read()
-    except OSError:
-        return FileFact(path=path, kind="unreadable", uid=st.st_uid, gid=st.st_gid)
-    return FileFact(path=path, kind="file", text=text, uid=st.st_uid, gid=st.st_gid)
+    kind, data, _ = read_bounded(path, 4 << 20)
+    if kind != "ok":
+        return FileFact(path=path, kind="not_file" if kind == "missing" else "unreadable", uid=st.st_uid,
+                        gid=st.st_gid)
+    return FileFact(path=path, kind="file", text=data.decode("utf-8", errors="replace"), uid=st.st_uid,
+                    gid=st.st_gid)
 
 
 def _proc_fact(pid: int) -> ProcFact:
@@ -448,15 +515,12 @@ def _proc_fact(pid: int) -> ProcFact:
 
 
 def _pointer_fact(path: str, container_root: str, host_root: str) -> PointerFact:
-    import json
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(65536)
-    except (FileNotFoundError, NotADirectoryError):
+    kind, raw, error = read_bounded(path, 65536)
+    if kind == "missing":
         return PointerFact(path=path, kind="missing")
-    except OSError as exc:
-        return PointerFact(path=path, kind="unparseable", error=exc.strerror or str(exc))
+    if kind != "ok":
+        return PointerFact(path=path, kind="unparseable", error=error)
+    text = raw.decode("utf-8", errors="replace")
     values = {}
     for line in text.splitlines():
         line = line.strip()
@@ -464,29 +528,28 @@ def _pointer_fact(path: str, container_root: str, host_root: str) -> PointerFact
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            return PointerFact(path=path, kind="unparseable", error=f"line without '=': {line[:60]!r}")
+            return PointerFact(path=path, kind="unparseable", error="a line without '='")
         values[key.strip()] = value.strip().strip('"').strip("'")
     container = values.get("CONTAINER_RUN_META_JSON", "")
     host = values.get("CONTAINER_RUN_META_JSON_HOST", "")
     if not container and not host:
         return PointerFact(path=path, kind="unparseable", error="no CONTAINER_RUN_META_JSON line")
-    # The manifest is looked for on the host: its host path, else its
-    # container path rebased from the container's /telemetry to ours.
-    candidates = [host] if host else []
-    if container.startswith(container_root.rstrip("/") + "/"):
+    # The manifest is looked for on the host, and only under the storage's
+    # telemetry dir: its host path, else its container path rebased from the
+    # container's /telemetry to ours. A pointer cannot make root read elsewhere.
+    inside = host_root.rstrip("/") + "/"
+    candidates = [host] if host.startswith(inside) and ".." not in host.split("/") else []
+    if container.startswith(container_root.rstrip("/") + "/") and ".." not in container.split("/"):
         candidates.append(host_root.rstrip("/") + container[len(container_root.rstrip("/")):])
     manifest: dict = {}
     exists = False
     for cand in candidates:
-        try:
-            with open(cand, encoding="utf-8") as fh:
-                loaded = json.load(fh)
+        found, loaded, _ = read_json(cand, 4 << 20)
+        if found == "ok":
             manifest = loaded if isinstance(loaded, dict) else {}
             exists = True
             break
-        except (OSError, ValueError):
-            continue
-    return PointerFact(path=path, kind="ok", manifest_container=container, manifest_host=host,
+    return PointerFact(path=path, kind="ok", manifest_container=printable(container), manifest_host=printable(host),
                        manifest_exists=exists, manifest=manifest)
 
 

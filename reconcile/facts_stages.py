@@ -29,19 +29,10 @@ class ModelFact(NamedTuple):
     error: str = ""
 
 
-def _read_json(path: str) -> tuple[str, object, str]:
-    """(missing | ok | unparseable, value, error) for a JSON file."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return "ok", json.load(fh), ""
-    except (FileNotFoundError, NotADirectoryError):
-        return "missing", None, ""
-    except (OSError, ValueError) as exc:
-        return "unparseable", None, str(exc)
-
-
 def signature_fact(path: str) -> SignatureFact:
-    kind, data, error = _read_json(path)
+    from .facts_host import read_json
+
+    kind, data, error = read_json(path, 4 << 20)
     if kind == "ok" and not (isinstance(data, dict) and isinstance(data.get("signature"), dict)):
         kind, error = "unparseable", "no 'signature' object"
     if kind != "ok":
@@ -50,7 +41,9 @@ def signature_fact(path: str) -> SignatureFact:
 
 
 def model_fact(config_path: str) -> ModelFact:
-    kind, data, error = _read_json(config_path)
+    from .facts_host import read_json
+
+    kind, data, error = read_json(config_path, 16 << 20, follow=True)  # HF snapshots link config.json to a blob
     if kind == "ok" and not isinstance(data, dict):
         kind, error = "unparseable", "not a JSON object"
     if kind != "ok":

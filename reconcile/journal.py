@@ -34,13 +34,26 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIXES = (".tmp", ".new")
+
+
+def temp_name(path: str, suffix: str) -> str:
+    """`.<name>.<pid>.<random>.<suffix>` beside `path`: the pid lets a later
+    run tell a crashed writer's leftover from a live one's."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    return os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.{suffix}")
+
+
 def _write_synced_temp(path: str, data: bytes | str, mode: int, suffix: str) -> tuple[str, str]:
-    """Write `data` to a hidden temp file beside `path`, fsynced; (temp, dir)."""
+    """Write `data` to a new hidden temp file beside `path`, fsynced; (temp,
+    dir). Created with O_EXCL|O_NOFOLLOW under an unpredictable name: a link
+    or file planted there by whoever can write the directory is never
+    followed or truncated (root writes plan files and metrics this way)."""
     if isinstance(data, str):
         data = data.encode()
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{suffix}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp = temp_name(path, suffix)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

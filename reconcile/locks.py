@@ -55,19 +55,23 @@ class LockTimeout(Exception):
 
 
 def acquire(path: str, name: str, info: str, hostname: str, timeout_s: float, owner, *,
-            on_stale=None, on_wait=None, wait_every_s: float = 30.0) -> None:
+            on_stale=None, on_wait=None, wait_every_s: float = 30.0) -> bool:
     """Take the lock at `path` (created as `owner`, a context manager factory
-    that switches to the storage owner), reclaiming stale ones. `on_stale(why)`
+    that switches to the storage owner), reclaiming stale ones. Returns
+    whether it found the lock taken first (the caller's facts may be old). `on_stale(why)`
     is told before a reclaim, `on_wait(lock, why, held_s)` every `wait_every_s`
     while a live holder keeps it. Raises LockTimeout after `timeout_s`."""
     from .journal import create_exclusive
 
     start = time.monotonic()
     next_wait = wait_every_s
+    waited = False
     while True:
         with owner():
             if create_exclusive(path, info):
-                return
+                hold(path)
+                return waited
+        waited = True
         lock = HostFacts().lock_file(name, path)
         if lock.kind == "missing":
             continue
@@ -87,6 +91,15 @@ def acquire(path: str, name: str, info: str, hostname: str, timeout_s: float, ow
                 continue
         else:
             why = f"unreadable lock ({lock.error})"
+            if not held_by_anyone(path):  # garbage, empty, a link: no live holder, reclaim it
+                if on_stale is not None:
+                    on_stale(f"unreadable and held by no process: {lock.error}")
+                with owner():
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                continue
         held = time.monotonic() - start
         if held >= timeout_s:
             raise LockTimeout(why, lock)
@@ -105,3 +118,48 @@ def release(path: str, name: str, owner) -> None:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+    fd = _HELD.pop(path, None)
+    if fd is not None:
+        os.close(fd)
+
+
+# Besides its pid in the file, a holder keeps an flock on its lock for as
+# long as it runs (the kernel drops it when the process dies, kill -9
+# included). That answers "does anyone hold it?" for a lock whose content
+# cannot be read.
+_HELD: dict = {}
+
+
+def hold(path: str) -> None:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return
+    _HELD[path] = fd
+
+
+def held_by_anyone(path: str) -> bool:
+    """Whether a live process holds the flock of the lock at `path`. A link,
+    a FIFO or anything but a regular file is held by nobody (sglprep never
+    makes one); opening never blocks."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)

@@ -14,7 +14,7 @@ from . import __version__
 from .context import Context, resolve_context  # noqa: F401 - resolve_context is part of this room's API
 from .diff_container import diff_container
 from .diff_storage import (diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker, diff_pointer, diff_port,
-                           diff_storage_owner)
+                           diff_storage_owner, diff_tempfiles)
 from .facts_docker import ContainerFact, ImageFact
 from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
@@ -73,11 +73,24 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list
     for entry in facts.listdir(ctx.path(MARKERS_DIR)):
         if entry.endswith(".json") and not entry.startswith("."):
             addresses.append(f"marker:{entry[: -len('.json')]}")
+    addresses.append("tempfiles:leftover")
     addresses.append("pointer:container_run_meta.env")
     if ctx.runtime_kind == "docker":
         addresses.append(f"container:{desired.data['runtime']['container']['name']}")
     addresses.append(f"port:{desired.data['server']['port']}")
     return addresses
+
+
+def temp_dirs(desired: Desired, facts: HostFacts, ctx: Context) -> tuple:
+    """Where sglprep's atomic writes put their temp files: the managed dirs,
+    the stages' signature dirs, the newest run dirs."""
+    rels = ["", "telemetry", "telemetry/prometheus", "telemetry/sglprep", LOCKS_DIR, MARKERS_DIR,
+            "telemetry/container_runs"]
+    rels += [s.signature_rel(desired.model_slug).rsplit("/", 1)[0] for s in catalog.stages(desired.data)]
+    runs = [r for r in facts.listdir(ctx.path("telemetry/container_runs")) if not r.startswith(".")]
+    for run in sorted(runs, reverse=True)[:5]:
+        rels += [f"telemetry/container_runs/{run}", f"telemetry/container_runs/{run}/stages"]
+    return tuple(ctx.path(rel) for rel in dict.fromkeys(rels))
 
 
 def desired_container(desired: Desired, ctx: Context) -> tuple[dict, str]:
@@ -138,6 +151,9 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
                               extra)
     if kind == "port":
         return diff_port(facts.port(int(name)), needed=False)
+    if address == "tempfiles:leftover":
+        found = facts.temp_leftovers(temp_dirs(desired, facts, ctx))
+        return diff_tempfiles([(path, pid, facts.process(pid).alive) for path, pid in found])
     owner = catalog.resource_types().get(kind)
     if owner is not None:
         stage = next(s for s in catalog.stages(desired.data) if isinstance(s, owner))

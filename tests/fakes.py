@@ -21,7 +21,7 @@ class FakeFacts:
                  homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
                  signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None,
                  engine=None, containers: dict | None = None, images: dict | None = None,
-                 artifacts: dict | None = None):
+                 artifacts: dict | None = None, temps: tuple = ()):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -39,6 +39,7 @@ class FakeFacts:
         self._flashinfer = flashinfer
         self._last_apply = last_apply
         self._engine = engine
+        self._temps = temps  # (path, pid) of leftover temp files
         self._artifacts = artifacts or {}  # manifest rel -> ArtifactFact (default: whole)
         self.containers = containers or {}  # name -> ContainerFact
         self.images = images or {}  # ref -> ImageFact
@@ -103,6 +104,9 @@ class FakeFacts:
 
     def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
         return (self._pointer or PointerFact(path=path, kind="missing"))._replace(path=path)
+
+    def temp_leftovers(self, dirs: tuple) -> tuple:
+        return tuple(self._temps)
 
     def port(self, port: int) -> PortFact:
         return self.ports.get(port, PortFact(port=port, state="free"))

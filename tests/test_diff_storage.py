@@ -225,8 +225,9 @@ LOCK_CASES = [
     ("dead-pid", lock(), "delete", "stale", "stale, pid 4242 gone"),
     ("reused-pid", lock(alive=True, create_time=STARTED_EPOCH + 3600), "delete", "stale",
      "stale, pid 4242 was reused (process started 2026-11-22T11:00:00Z, lock taken 2026-11-22T10:00:00Z)"),
-    ("live", lock(alive=True, create_time=STARTED_EPOCH - 5), "blocked", "held",
-     "held by live pid 4242 (sglprep apply) since 2026-11-22T10:00:00Z → wait for it to finish (or stop pid 4242)"),
+    ("live", lock(alive=True, create_time=STARTED_EPOCH - 5), "noop", "held",
+     "held by live pid 4242 (sglprep apply) since 2026-11-22T10:00:00Z: an apply is at work; what it changes is not "
+     "in this plan yet"),
     ("foreign-host", lock(host="gpu-02"), "blocked", "foreign_host",
      "held by pid 4242 on host gpu-02; cannot check it from here → confirm it is gone there, then rm "
      "/srv/sgl/profiles/.locks/deep_gemm.lock"),

@@ -59,9 +59,9 @@ def diff_stage(stage, want: dict, runtime, sig, marker, hostname: str, port: int
         return Change(address, "blocked", "invalid_options", option_problem, **common)
     if marker is not None and marker.kind == "ok":
         state, why = lock_liveness(marker, hostname)
-        if state == "live":
-            return Change(address, "blocked", "in_progress",
-                          f"another run is priming it, {why} → wait for it to finish", **common)
+        if state == "live":  # another apply is priming it: pending work, not a fault
+            return Change(address, "run", "in_progress",
+                          f"another run is priming it, {why}; an apply waits for it", **common)
     if mode == "rebuild":
         return Change(address, "run", "rebuild", f"rebuild requested ({stage.key}: rebuild)",
                       **common)
