@@ -99,13 +99,25 @@ def main(argv: list | None = None) -> int:
         return COMMANDS[args.command](args)
     except SglprepError as exc:
         if args.command == "plan" and getattr(args, "textfile", None):
-            _write_textfile(args.textfile, args.limit, None)
+            try:
+                _write_textfile(args.textfile, args.limit, None)
+            except SglprepError:
+                pass
         print(f"sglprep: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sglprep: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:  # a fault outside apply's own journaling: one line, never a traceback
+        import os
+
+        if os.environ.get("SGLPREP_DEBUG"):
+            raise
+        summary = " ".join(str(exc).split())[:300]
+        print(f"sglprep: error: {args.command} failed: {type(exc).__name__}: {summary} "
+              f"(SGLPREP_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -173,20 +185,41 @@ def _load_saved_plan(path: str):
 
     from .plan_model import FORMAT_VERSION, Plan
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise InputError(path, None, None, "plan file not found") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(path, None, None, f"not a saved plan: {exc}") from None
+    from .facts_host import read_json
+
+    kind, data, error = read_json(path, 64 << 20, follow=True)
+    if kind == "missing":
+        raise InputError(path, None, None, "plan file not found")
+    if kind != "ok":
+        raise InputError(path, None, None, f"not a saved plan: {' '.join(error.split())}")
     if not isinstance(data, dict) or str(data.get("format_version", "")).split(".")[0] != FORMAT_VERSION:
         raise InputError(path, None, None, f"unsupported plan format_version {data.get('format_version')!r}"
                          if isinstance(data, dict) else "not a saved plan")
+    problem = _saved_plan_problem(data)
+    if problem:
+        raise InputError(path, None, problem[0], f"not a saved plan: {problem[1]}")
     try:
         return Plan.from_json(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(path, None, None, f"not a saved plan: missing {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(path, None, None, f"not a saved plan: {type(exc).__name__}: {exc}") from None
+
+
+def _saved_plan_problem(data: dict):
+    """(key, problem) for the first field of a saved plan that has the wrong shape, else None."""
+    for key in ("host", "state_file", "fingerprint"):
+        if not isinstance(data.get(key), str):
+            return key, "must be a string"
+    if not isinstance(data.get("changes"), list):
+        return "changes", "must be a list"
+    for i, change in enumerate(data["changes"]):
+        if not isinstance(change, dict):
+            return f"changes[{i}]", "must be a mapping"
+        for key in ("address", "action"):
+            if not isinstance(change.get(key), str):
+                return f"changes[{i}].{key}", "must be a string"
+        if not isinstance(change.get("depends_on", []), list):
+            return f"changes[{i}].depends_on", "must be a list"
+    return None
 
 
 def cmd_apply(args, argv=None) -> int:
@@ -253,8 +286,11 @@ def cmd_apply(args, argv=None) -> int:
 
 def cmd_validate(args) -> int:
     desired = _load(args)
+    from .redaction import redact
+
+    shown = redact(desired.data)
     doc = {"host": desired.host, "state_file": desired.state_file, "inventory_file": desired.inventory_file,
-           "model_slug": desired.model_slug, "desired": desired.data}
+           "model_slug": desired.model_slug, "desired": shown}
     for warning in desired.warnings:
         print(f"sglprep: warning: {warning}", file=sys.stderr)
     if args.json:
@@ -263,7 +299,7 @@ def cmd_validate(args) -> int:
         import yaml
 
         sys.stdout.write(f"# sglprep validate · {desired.host} · {desired.state_file}: valid\n")
-        sys.stdout.write(yaml.safe_dump(desired.data, sort_keys=False, default_flow_style=False))
+        sys.stdout.write(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False))
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .facts_docker import ContainerFact, EngineFact, ImageFact
 from .plan_model import Change
+from .redaction import fingerprinted
 from .state_container import LABEL_CONFIG, LABEL_HASH, LABEL_MANAGED, config_delta
 
 CONTAINER_DEPENDS = ("directory:telemetry", "directory:telemetry/container_runs", "directory:telemetry/logs",
@@ -45,7 +46,8 @@ def diff_container(want: dict, want_hash: str, state: str, engine: EngineFact, c
             old = json.loads(cont.labels.get(LABEL_CONFIG, "{}"))
         except ValueError:
             old = {}
-        return Change(address, "replace", "config_changed", ", ".join(config_delta(old, want)) + pull, **common)
+        return Change(address, "replace", "config_changed", ", ".join(config_delta(old, fingerprinted(want))) + pull,
+                      **common)
     if image.kind == "present" and image.id and cont.image_id and image.id != cont.image_id:
         return Change(address, "replace", "image_changed",
                       f"image {want['image']} now points to {image.id[7:19]} (container runs {cont.image_id[7:19]})",

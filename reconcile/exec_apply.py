@@ -21,6 +21,7 @@ from .facts_host import HostFacts
 from .journal import SessionLog, new_run_id, utc_now_iso
 from .locks import LockTimeout, acquire, lock_info, release
 from .plan_model import CHANGED, FAILED, SKIPPED, UNCHANGED, Plan, Result
+from .redaction import redact, secret_values
 from .stages import catalog
 from .stages.executor import StagesExecutor
 from .state_layout import LOCKS_DIR, LOGS_DIR, lock_path, parent_dir
@@ -165,7 +166,8 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         _record_if_outdated(plan, desired, ctx, report, facts)
         return report
 
-    log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"))
+    scrub = secret_values(desired.data)
+    log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"), scrub)
     wants_stages = any(c.type == "stage" for c in todo)
     status: dict = {}
 
@@ -175,7 +177,7 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
             run_id, log_path = _container_run(ctx, environ)
             if run_id:
                 report.run_id = run_id
-                log = SessionLog(log_path)
+                log = SessionLog(log_path, scrub)
         return StagesExecutor(plan, desired, ctx, log, report.run_id, progress, facts)
 
     stages = _LazyStages(make_stages)
@@ -306,7 +308,7 @@ def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, facts) ->
     after = build_plan(desired, facts.fresh(), own_pid=os.getpid())
     doc = {"format_version": "1", "host": desired.host, "applied_at": report.finished_at, "run_id": report.run_id,
            "state_file": desired.state_file, "sources_sha": desired.sources_sha, "exit_code": report.exit_code,
-           "desired": desired.data, "intents": plan_intents(after),
+           "desired": redact(desired.data), "intents": plan_intents(after),
            "facts": {c.address: c.observed for c in after.changes}}
     try:
         with as_owner(ctx.owner.uid, ctx.owner.gid):

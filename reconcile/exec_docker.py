@@ -19,6 +19,7 @@ from .exec_runtime import _group_alive, _signal_group
 from .facts_docker import client, container_fact, engine_fact, image_fact
 from .facts_host import HostFacts, parse_iso
 from .plan_model import CHANGED, FAILED, UNCHANGED, Result
+from .redaction import fingerprinted
 from .state_container import LABEL_CONFIG, LABEL_HASH, LABEL_MANAGED
 from .state_layout import POINTER
 
@@ -128,7 +129,7 @@ class ContainerExecutor:
         args = dict(image=w["image"], name=w["name"], user=w["user"], environment=w["env"], mounts=mounts,
                     network_mode=w["network"], cap_add=w["cap_add"] or None, device_requests=requests or None,
                     labels={LABEL_MANAGED: "sglprep", LABEL_HASH: self.want_hash,
-                            LABEL_CONFIG: json.dumps(w, sort_keys=True, separators=(",", ":"))},
+                            LABEL_CONFIG: json.dumps(fingerprinted(w), sort_keys=True, separators=(",", ":"))},
                     detach=True)
         if w["command"]:
             args["entrypoint"] = w["command"][:1]

@@ -108,12 +108,19 @@ class SessionLog:
     """Append-only per-run log (the seeds' single session log), safe to write
     from the threads that pump subprocess output."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, scrub: set | None = None):
         self.path = path
         self._fh = None
+        self.scrub = sorted(scrub or (), key=len, reverse=True)  # secrets never written in clear
         import threading
 
         self._lock = threading.Lock()
+
+    def clean(self, line: str) -> str:
+        for secret in self.scrub:
+            if secret in line:
+                line = line.replace(secret, "<redacted>")
+        return line
 
     def open(self) -> "SessionLog":
         if self._fh is None:
@@ -121,6 +128,7 @@ class SessionLog:
         return self
 
     def write(self, line: str) -> None:
+        line = self.clean(line)
         with self._lock:
             if self._fh is None:
                 with open(self.path, "a", encoding="utf-8") as fh:

@@ -103,6 +103,9 @@ def load_inventory(path: str | None, display: str | None = None) -> Inventory:
         parser.parse()
     except RecursionError:
         raise InputError(display, None, None, "nested too deeply (or a recursive YAML alias)") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a shape the parser did not expect
+        summary = " ".join(str(exc).split())[:200]
+        raise InputError(display, None, None, f"cannot read the inventory: {type(exc).__name__}: {summary}") from None
     return parser.inventory()
 
 

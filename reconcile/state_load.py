@@ -113,6 +113,9 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
     doc = load_file(str(state_path), state_display)
     if not isinstance(doc.value, dict):
         raise InputError(state_display, 1, None, "the state file must be a mapping of keys")
+    if not doc.value:  # a truncated or emptied file must not plan the full default state
+        raise InputError(state_display, 1, None, "the state file is empty: write at least `version: 1` and the "
+                         "keys to manage (states/default.yaml documents every key)")
     _merge_overrides(doc, host.overrides, host.override_origins)
     data = validate(doc)
 

@@ -35,16 +35,37 @@ def _show(value: Any, raw: str | None) -> str:
     return repr(value)
 
 
+MAX_ID = 4294967294  # uid_t/gid_t, less (uid_t)-1 which means "no change"
+
+
 def _owner_check(value: str) -> str | None:
-    if value == "auto" or OWNER_RE.match(value):
+    if value == "auto":
         return None
-    return f"must be 'auto' or 'UID:GID' (numbers), got {value!r}"
+    m = OWNER_RE.match(value)
+    if not m:
+        return f"must be 'auto' or 'UID:GID' (numbers), got {value!r}"
+    uid, gid = int(m.group(1)), int(m.group(2))
+    if uid > MAX_ID or gid > MAX_ID:
+        return f"uid and gid must be at most {MAX_ID}, got {value!r}"
+    if uid == 0:
+        return "must not be root (0): sglprep never writes the storage as root → name the user who owns it"
+    return None
 
 
 def _slug_check(value: str) -> str | None:
-    if value == "auto" or SLUG_RE.match(value):
+    if value == "auto":
         return None
-    return f"must be 'auto' or use only [a-z0-9._-], got {value!r}"
+    if not SLUG_RE.match(value) or value.startswith(".") or len(value) > 128:
+        return f"must be 'auto' or up to 128 of [a-z0-9._-], not starting with '.', got {value!r}"
+    return None
+
+
+def _root_check(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > 4000 or any(len(part) > 255 for part in value.split("/")):
+        return "is too long for a path (4000 characters, 255 per component)"
+    return None
 
 
 def _url_check(value: str) -> str | None:
@@ -65,8 +86,7 @@ def _gpus_check(value: Any) -> str | None:
 SCHEMA = S(kind="map", fields={
     "version": S(kind="int", default=1, check=lambda v: None if v == 1 else f"must be 1, got {v}"),
     "storage": S(kind="map", fields={
-        "root": S(kind="str", default="~/sglang-observability",
-                  check=lambda v: None if v.strip() else "must not be empty"),
+        "root": S(kind="str", default="~/sglang-observability", check=_root_check),
         "owner": S(kind="str", default="auto", check=_owner_check),
         "ownership": S(kind="enum", choices=("fail", "ignore"), default="fail"),
         "min_free_gib": S(kind="number", minimum=0, default=1),
@@ -273,11 +293,19 @@ def _scalar(spec: Spec, value: Any, raw: str | None) -> Any:
                 raise Invalid(f"must be a plain integer, got {value!r} (SGLang reads SI suffixes as powers "
                               f"of 1000: '8k' is 8000, not 8192; write the number)")
             raise Invalid(f"must be an integer, got {_show(value, raw)}")
+        if abs(value) > 1 << 53:
+            raise Invalid(f"must be at most {1 << 53}, got {_show(value, raw)}")
         _bounds(spec, value)
         return value
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"must be a number, got {_show(value, raw)}")
+        import math
+
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Invalid(f"must be a finite number, got {_show(value, raw)}")
+        if abs(value) > 1e15:
+            raise Invalid(f"must be at most 1e15, got {_show(value, raw)}")
         _bounds(spec, value)
         return value
     raise AssertionError(f"unknown spec kind {kind}")

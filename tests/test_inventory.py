@@ -503,7 +503,7 @@ def test_input_errors(tmp_path, text, message):
     ("a:\n  children:\n    b:\nb:\n  children:\n    c:\nc:\n  children:\n    a:\n",
      f"{FILE}:9: c.children.a: group cycle: a -> b -> c -> a"),
     ("gpu:\n  children:\n    all:\n", f"{FILE}:3: gpu.children.all: group cycle: all -> gpu -> all"),
-    ("all: &top\n  children:\n    again: *top\n", f"{FILE}: nested too deeply (or a recursive YAML alias)"),
+    ("all: &top\n  children:\n    again: *top\n", f"{FILE}:1: all.children.again: recursive YAML alias (it contains itself)"),
 ])
 def test_cycles_error(tmp_path, text, message):
     assert load_error(tmp_path, text) == message

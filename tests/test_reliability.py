@@ -161,3 +161,37 @@ def test_an_apply_that_waited_for_the_lock_plans_again(rig):  # noqa: F811
     assert second.returncode == 0, second.stdout + second.stderr
     assert "planned again" in second.stderr
     assert len(rig.launches()) == 1, "the second apply primed the stage again"
+
+
+def test_secrets_are_never_written_or_printed_in_clear(rig):  # noqa: F811
+    secrets = {"hf_T0KEN_value_123", "sk-server-api-key-456", "custom-api-key-789", "argv-token-000"}
+    script = rig.base / "warm.py"
+    script.write_text("import os\nopen(os.path.join(os.environ['SGLPREP_CACHE_DIR'], 'k.bin'), 'w').write('x')\n")
+    rig.env["HF_TOKEN"] = "hf_T0KEN_value_123"
+    rig.write(runtime={"env": rig.env},
+              server={"settings": {"api_key": "sk-server-api-key-456"}},
+              caches={"deep_gemm": "ensure", "flashinfer": "skip", "inductor": "skip",
+                      "custom": {"w": {"command": [rig.state["runtime"]["python"], str(script), "--token",
+                                                   "argv-token-000"],
+                                       "env": {"API_KEY": "custom-api-key-789"}}}})
+    outputs = []
+    plan = rig.run("plan", "--json", "-o", str(rig.base / "saved.json"))
+    outputs += [plan.stdout, plan.stderr, (rig.base / "saved.json").read_text()]
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outputs += [proc.stdout, proc.stderr]
+    for args in (("validate",), ("validate", "--json"), ("plan",), ("inspect", "--json")):
+        done = rig.run(*args)
+        outputs += [done.stdout, done.stderr]
+    for path in rig.root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            outputs.append(path.read_bytes().decode("utf-8", "replace"))
+    leaks = [s for s in secrets for text in outputs if s in text]
+    assert not leaks, leaks
+    # still compared: a new token reruns the stages whose signature holds it
+    rig.env["HF_TOKEN"] = "hf_T0KEN_value_124"
+    rig.write(runtime={"env": rig.env}, caches={"custom": {"w": {"env": {"API_KEY": "rotated-key-000"}}}})
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    change = next(c for c in doc["changes"] if c["address"] == "stage:custom/w")
+    assert change["action"] == "run" and "env.API_KEY secret:sha256:" in change["message"]
+    assert "rotated-key-000" not in json.dumps(doc)

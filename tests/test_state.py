@@ -82,7 +82,7 @@ BAD_STATES = [
     ("top-not-a-mapping", "- a\n", "s.yaml:1: the state file must be a mapping of keys"),
     ("duplicate", "tp: 1\ntp: 2\n", "s.yaml:2: tp: duplicate key"),
     ("slug", "model:\n  slug: Qwen 3\n",
-     "s.yaml:2: model.slug: must be 'auto' or use only [a-z0-9._-], got 'Qwen 3'"),
+     "s.yaml:2: model.slug: must be 'auto' or up to 128 of [a-z0-9._-], not starting with '.', got 'Qwen 3'"),
     ("env-value", "runtime:\n  env:\n    CUDA_VISIBLE_DEVICES: 0\n",
      "s.yaml:3: runtime.env.CUDA_VISIBLE_DEVICES: must be a string, got '0'"),
     ("timeout-negative", "timeouts:\n  stage_s: -5\n", "s.yaml:2: timeouts.stage_s: must be > 0, got -5"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from ..facts_host import tree_stats
+from ..redaction import redact_argv
 from ..state_spec import MODES, S
 from .spec import Stage, StageFailed
 
@@ -64,11 +65,13 @@ class Custom(Stage):
 
         from ..digest import sha256_hex
 
+        from ..redaction import signed
+
         sig = runtime.signature()
-        sig.update(self.opts["signature"])
+        sig.update({key: signed(key, value) for key, value in self.opts["signature"].items()})
         sig["command_sha"] = sha256_hex(json.dumps(self.opts["command"]).encode())
         for key, value in sorted(self.opts["env"].items()):
-            sig[f"env.{key}"] = value
+            sig[f"env.{key}"] = signed(key, value)
         return sig
 
     def stage_env(self, run) -> dict:
@@ -79,7 +82,7 @@ class Custom(Stage):
         timeout = self.timeout()
         extra = self.stage_env(run)
         out.env = {**run.routing(), **extra}
-        out.artifacts.update(argv=argv, cache_dir=run.artifact(self.cache_dir))
+        out.artifacts.update(argv=redact_argv(argv), cache_dir=run.artifact(self.cache_dir))
         before = tree_stats(run.path(self.cache_dir))
         beat.set("command")
         rc, tail, cleanup = run.run_command(argv, run.env(self, extra), run.rpath(self.cache_dir), timeout,

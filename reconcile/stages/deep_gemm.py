@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from ..facts_host import tree_stats
+from ..redaction import redact_argv
 from ..state_flags import server_argv as common_server_argv
 from .spec import Stage, StageFailed
 
@@ -37,7 +38,7 @@ class DeepGemm(Stage):
         argv = run.command(self)
         env = run.env(self, {"SGLANG_WARMUP_TIMEOUT": str(int(timeout))})
         out.env = run.routing()
-        out.artifacts.update(argv=argv, cache_dir=run.artifact(self.cache_dir), compile_log=run.artifact(compile_rel))
+        out.artifacts.update(argv=redact_argv(argv), cache_dir=run.artifact(self.cache_dir), compile_log=run.artifact(compile_rel))
         before = tree_stats(run.path(self.cache_dir))
         sink = run.sink(run.path(compile_rel))
         server = run.server(sink)

@@ -8,6 +8,7 @@ import time
 from ..exec_privs import as_owner
 from ..facts_runtime import RuntimeFacts
 from ..journal import utc_now_iso
+from ..redaction import redact
 from ..plan_model import CHANGED, FAILED, UNCHANGED, Result
 from ..state_flags import cache_env
 from . import catalog
@@ -172,7 +173,7 @@ class StagesExecutor:
                 "started_at": self.started_at, "finished_at": finished,
                 "duration_s": round(time.monotonic() - self.t0, 3),
                 "settings": {"source": "state", "state_file": self.desired.state_file,
-                             **data["server"]["settings"], "mem_fraction": data["server"]["settings"].get(
+                             **redact(data["server"]["settings"]), "mem_fraction": data["server"]["settings"].get(
                                  "mem_fraction_static"),
                              "warmup_port": data["server"]["port"], "write_mode": "atomic", "env": routing},
             },

@@ -24,6 +24,7 @@ from ..exec_privs import as_owner
 from ..exec_server import PROMPT_TOKENS, LogScan, ServerError, WarmupServer, prometheus_samples, settings_mismatch
 from ..journal import SessionLog, atomic_write_json, utc_now_iso
 from ..locks import LockTimeout, acquire, lock_info, release
+from ..redaction import redact, redact_argv
 from ..state_flags import KV_LOG_DTYPES, cache_env
 from ..state_layout import lock_path, marker_path
 from . import catalog
@@ -165,6 +166,7 @@ class StageRun:
         lock = threading.Lock()
 
         def sink(line: str) -> None:
+            line = self.log.clean(line)
             self.log.write(line)
             with lock:
                 for fh in handles:
@@ -189,7 +191,7 @@ class StageRun:
         env = self.env(stage, {"SGLANG_WARMUP_TIMEOUT": str(int(timeout)), **(extra_env or {})})
         argv = self.command(stage)
         out.env = self.routing()
-        out.artifacts["argv"] = argv
+        out.artifacts["argv"] = redact_argv(argv)
         sink = self.sink(*log_files)
         server = self.server(sink)
         beat.set("launch")
@@ -287,8 +289,8 @@ class StageRun:
         out.signature = want
         self.log.optimize(stage.name, "start",
                           f"starting {{model={self.data['model']['path']}, tp={self.data['tp']}}}",
-                          settings={"model": self.data["model"]["path"], "tp": self.data["tp"],
-                                    **self.data["server"]["settings"]})
+                          settings=redact({"model": self.data["model"]["path"], "tp": self.data["tp"],
+                                           **self.data["server"]["settings"]}))
         lock_held = False
         phase = ["start"]
         try:

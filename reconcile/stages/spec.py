@@ -9,6 +9,7 @@ the marker and the session log.
 """
 from __future__ import annotations
 
+from ..redaction import fingerprint_secret, redact_argv, signed
 from ..state_flags import server_argv as common_server_argv
 from ..state_spec import stage_options
 
@@ -137,13 +138,13 @@ class Stage:
             sig[key] = settings.get(key)
         if self.starts_server:
             for key in sorted(k for k in settings if k not in known_settings):
-                sig[key] = settings[key]
+                sig[key] = signed(key, settings[key])
             if self.data["server"]["extra_args"]:
-                sig["extra_args"] = list(self.data["server"]["extra_args"])
+                sig["extra_args"] = redact_argv(self.data["server"]["extra_args"], replace=fingerprint_secret)
         for key in self.signed_options:
             sig[key] = self.opts.get(key)
         for key, value in sorted(self.opts.get("env", {}).items()):
-            sig[f"env.{key}"] = value
+            sig[f"env.{key}"] = signed(key, value)
         return sig
 
     def launch_flags(self) -> list:
