@@ -181,8 +181,6 @@ def cmd_plan(args) -> int:
 
 
 def _load_saved_plan(path: str):
-    import json
-
     from .plan_model import FORMAT_VERSION, Plan
 
     from .facts_host import read_json
