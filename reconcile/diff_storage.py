@@ -256,6 +256,37 @@ def diff_pointer(pointer: PointerFact, cont=None) -> Change:
                   observed=observed, show=False)
 
 
+# --------------------------------------------------------------------- orphans
+
+def orphans_of(marker: LockFact, processes: dict, hostname: str) -> list:
+    """The processes a stage recorded in its marker that still run although
+    the apply that started them is gone: (pid, pgid, cmdline). `processes`:
+    pid -> ProcFact. A pid now used by another process (it started later than
+    recorded) is not ours and is left alone."""
+    if marker.kind != "ok" or lock_liveness(marker, hostname)[0] != "stale":
+        return []
+    out = []
+    for pid, pgid, created in marker.processes:
+        proc = processes.get(pid)
+        if proc is not None and proc.alive and abs(proc.create_time - created) <= 1.0:
+            out.append((pid, pgid, " ".join(proc.cmdline)[:120]))
+    return out
+
+
+def diff_orphans(stage: str, orphans: list, teardown_s: float) -> Change | None:
+    """`orphans:<stage>`: what a killed apply left running (a warm-up server
+    on the strict port, a custom stage's command): stopped before anything
+    else of that stage runs."""
+    if not orphans:
+        return None
+    pid, _, cmd = orphans[0]
+    more = f" and {len(orphans) - 1} more" if len(orphans) > 1 else ""
+    return Change(f"orphans:{stage}", "delete", "apply_killed",
+                  f"stop pid {pid} ({cmd or '?'}){more}: started by an apply that was killed",
+                  depends_on=("check:storage_owner",), before={"processes": [list(o) for o in orphans]},
+                  observed={"processes": [[p, g] for p, g, _ in orphans], "teardown_s": teardown_s})
+
+
 # ------------------------------------------------------------------ temp files
 
 def diff_tempfiles(leftovers: list) -> Change | None:
@@ -272,10 +303,15 @@ def diff_tempfiles(leftovers: list) -> Change | None:
 
 # ------------------------------------------------------------------------ port
 
-def diff_port(port: PortFact, needed: bool) -> Change:
+def diff_port(port: PortFact, needed: bool, orphans: dict | None = None) -> Change:
+    """`orphans`: pid -> the orphans:<stage> address that stops it."""
     address = f"port:{port.port}"
     if port.state == "free":
         return Change(address, "noop", "free", "free", observed={"state": "free"}, show=False)
+    if port.pid and port.pid in (orphans or {}):
+        return Change(address, "noop", "orphan", f"busy, held by pid {port.pid}, an orphan that "
+                      f"{orphans[port.pid]} stops first", depends_on=(orphans[port.pid],),
+                      observed={"state": "busy", "pid": port.pid})
     holder = f"pid {port.pid}" if port.pid else "an unknown process"
     if port.user:
         holder += f" ({port.user})"

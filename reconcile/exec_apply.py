@@ -104,7 +104,7 @@ def _bootstrap_addresses() -> list[str]:
     return ["check:storage_owner"] + chain[::-1]
 
 
-STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port", "tempfiles")
+STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port", "tempfiles", "orphans")
 
 
 def executor_table(desired: Desired, ctx: Context, facts, say, stage_executor) -> dict:

@@ -25,14 +25,14 @@ class StorageExecutor:
     """Carries out storage changes for one run, and the extra resources a
     stage kind owns (its `apply_resource`)."""
 
-    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port", "tempfiles")
+    handles = ("check", "directory", "file", "lock", "pointer", "marker", "port", "tempfiles", "orphans")
 
     def __init__(self, desired: Desired, ctx: Context, facts):
         self.desired = desired
         self.ctx = ctx
         self.facts = facts
         self.actions = {"directory": self._do_directory, "file": self._do_file, "lock": self._do_lock,
-                        "pointer": self._do_pointer, "tempfiles": self._do_tempfiles}
+                        "pointer": self._do_pointer, "tempfiles": self._do_tempfiles, "orphans": self._do_orphans}
         kinds = catalog.resource_types()
         for stage in catalog.stages(desired.data):
             for rtype, kind in kinds.items():
@@ -52,6 +52,9 @@ class StorageExecutor:
         if fresh.action != change.action:
             return Result(change.address, change.action, FAILED,
                           f"changed since the plan: now {fresh.text()}", fresh.reason)
+        if fresh.type == "orphans":
+            import psutil  # noqa: F401 - imported as root: nothing is imported after privileges drop
+
         action = self.actions.get(fresh.type)
         if action is None:
             return Result(change.address, change.action, FAILED, f"no action for {fresh.type} resources",
@@ -96,3 +99,28 @@ class StorageExecutor:
             except FileNotFoundError:
                 pass
         return f"removed {len(change.observed['paths'])} leftover temp file(s)"
+
+    def _do_orphans(self, change: Change) -> str:
+        """Stop each orphan's whole process group: SIGTERM, the grace period,
+        SIGKILL, then confirm it is gone (as any teardown does)."""
+        import signal
+        import time
+
+        from .exec_runtime import _group_alive, _signal_group
+
+        groups = sorted({pgid for _, pgid in change.observed["processes"]})
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + change.observed["teardown_s"]
+        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+            time.sleep(0.1)
+        for pgid in groups:
+            if _group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+            time.sleep(0.1)
+        left = [g for g in groups if _group_alive(g)]
+        if left:
+            raise OSError(f"process group(s) {left} survived SIGKILL")
+        return f"stopped {len(groups)} process group(s) a killed apply left"

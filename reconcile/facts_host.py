@@ -93,6 +93,7 @@ class LockFact(NamedTuple):
     command: str = ""
     process: ProcFact = ProcFact(pid=0, alive=False)
     error: str = ""
+    processes: tuple = ()  # markers: (pid, pgid, create_time) of what the stage started
 
     @property
     def started_epoch(self) -> float | None:
@@ -332,9 +333,16 @@ class HostFacts:
             error = "owner_pid is not a process id"
         if error or kind != "ok":
             return LockFact(name=name, path=path, kind="unparseable", error=printable(error))
+        processes = []
+        for item in data.get("processes") or () if isinstance(data.get("processes"), list) else ():
+            if isinstance(item, dict) and all(isinstance(item.get(k), int) and not isinstance(item.get(k), bool)
+                                              and 0 < item[k] < 1 << 31 for k in ("pid", "pgid")) \
+                    and isinstance(item.get("create_time"), (int, float)):
+                processes.append((item["pid"], item["pgid"], float(item["create_time"])))
         return LockFact(name=name, path=path, kind="ok", owner_pid=pid,
                         started_at=printable(data.get("started_at", ""))[:40], host=printable(data.get("host", "")),
-                        command=printable(data.get("command", "")), process=self.process(pid))
+                        command=printable(data.get("command", "")), process=self.process(pid),
+                        processes=tuple(processes[:64]))
 
     def process(self, pid: int) -> ProcFact:
         return self._cached(("proc", pid), lambda: _proc_fact(pid))

@@ -13,8 +13,8 @@ import posixpath
 from . import __version__
 from .context import Context, resolve_context  # noqa: F401 - resolve_context is part of this room's API
 from .diff_container import diff_container
-from .diff_storage import (diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker, diff_pointer, diff_port,
-                           diff_storage_owner, diff_tempfiles)
+from .diff_storage import (diff_directory, diff_file, diff_free_disk, diff_lock, diff_marker, diff_orphans,
+                           diff_pointer, diff_port, diff_storage_owner, diff_tempfiles, orphans_of)
 from .facts_docker import ContainerFact, ImageFact
 from .facts_host import HostFacts
 from .facts_runtime import RuntimeFacts
@@ -70,15 +70,23 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list
     for entry in facts.listdir(ctx.path(LOCKS_DIR)):
         if entry.endswith(".lock") and not entry.startswith("."):
             addresses.append(f"lock:{entry[: -len('.lock')]}")
-    for entry in facts.listdir(ctx.path(MARKERS_DIR)):
-        if entry.endswith(".json") and not entry.startswith("."):
-            addresses.append(f"marker:{entry[: -len('.json')]}")
+    markers = [e[: -len(".json")] for e in facts.listdir(ctx.path(MARKERS_DIR))
+               if e.endswith(".json") and not e.startswith(".")]
+    addresses += [f"marker:{name}" for name in markers]
+    addresses += [f"orphans:{name}" for name in markers]
     addresses.append("tempfiles:leftover")
     addresses.append("pointer:container_run_meta.env")
     if ctx.runtime_kind == "docker":
         addresses.append(f"container:{desired.data['runtime']['container']['name']}")
     addresses.append(f"port:{desired.data['server']['port']}")
     return addresses
+
+
+def orphans(desired: Desired, facts: HostFacts, ctx: Context, name: str) -> list:
+    """What the killed apply that left marker `name` left running."""
+    marker = facts.lock_file(name, ctx.path(marker_path(name)))
+    procs = {pid: facts.process(pid) for pid, _, _ in marker.processes}
+    return orphans_of(marker, procs, ctx.hostname)
 
 
 def temp_dirs(desired: Desired, facts: HostFacts, ctx: Context) -> tuple:
@@ -151,6 +159,8 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
                               extra)
     if kind == "port":
         return diff_port(facts.port(int(name)), needed=False)
+    if kind == "orphans":
+        return diff_orphans(name, orphans(desired, facts, ctx, name), desired.data["timeouts"]["teardown_s"])
     if address == "tempfiles:leftover":
         found = facts.temp_leftovers(temp_dirs(desired, facts, ctx))
         return diff_tempfiles([(path, pid, facts.process(pid).alive) for path, pid in found])
@@ -214,7 +224,8 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None, v
         if container is not None and address == container.address:
             change = container
         elif address.startswith("port:"):
-            change = diff_port(facts.port(int(address[5:])), needed=port_needed)
+            held_by = {pid: c.address for c in changes if c.type == "orphans" for pid, _ in c.observed["processes"]}
+            change = diff_port(facts.port(int(address[5:])), needed=port_needed, orphans=held_by)
         else:
             change = diff_resource(address, desired, facts, ctx, own_pid)
         if change is not None:

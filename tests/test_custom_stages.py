@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 from test_stages import OWNER, Rig, rig  # noqa: F401 - the `rig` fixture
 
@@ -151,3 +152,30 @@ def test_an_unexpected_fault_in_a_stage_is_internal_error_not_a_traceback(rig): 
     assert error["error_type"] == "internal_error"
     assert error["message"].startswith("IsADirectoryError: ") and "run.log" in error["message"]
     assert (rig.root / "profiles/.in_progress/custom.blk.json").exists()
+
+
+def test_a_killed_apply_leaves_no_custom_command_running_beside_the_next(rig):  # noqa: F811
+    import subprocess
+    import time
+
+    from reconcile.exec_runtime import _group_alive
+    from test_stages import REPO
+
+    setup(rig, env={"SLEEP": "30"})
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(REPO))
+    apply = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", "s.yaml", "apply"], cwd=rig.base, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = rig.root / "profiles/.in_progress/custom.blk.json"
+    deadline = time.time() + 20
+    while time.time() < deadline and not (marker.exists() and json.loads(marker.read_text()).get("processes")):
+        time.sleep(0.05)
+    apply.kill()
+    apply.wait()
+    pgid = json.loads(marker.read_text())["processes"][0]["pgid"]
+    assert _group_alive(pgid)
+    setup(rig, env={"SLEEP": ""})  # the command finishes at once now
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "orphans:custom.blk" in proc.stdout
+    assert not _group_alive(pgid)

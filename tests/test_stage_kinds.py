@@ -185,11 +185,11 @@ def test_depends_follow_the_spec():
     assert fi.depends(31000, "sglang-dev") == (
         "directory:profiles/flashinfer", "directory:profiles/.locks", "directory:profiles/.in_progress",
         "check:runtime", "check:free_disk", "container:sglang-dev", "check:flashinfer_toolchain",
-        "flashinfer:incomplete", "check:gpu_count", "check:model", "check:server_flags", "port:31000",
+        "flashinfer:incomplete", "orphans:flashinfer", "check:gpu_count", "check:model", "check:server_flags", "port:31000",
         "directory:telemetry/container_runs", "directory:telemetry/logs")
     direct = stage(FlashInfer, caches__flashinfer={"mode": "ensure", "via": "direct", "modules": [{"kind": "decode"}]})
     assert "port:31000" not in direct.depends(31000) and "check:flashinfer_toolchain" in direct.depends(31000)
-    assert stage(MoeTune).depends(31000)[-2:] == ("check:gpu_count", "check:model")
+    assert stage(MoeTune).depends(31000)[-3:] == ("check:gpu_count", "check:model", "orphans:moe_tune")
 
 
 def test_catalog_declares_caches_resources_and_schema():

@@ -366,19 +366,27 @@ def test_kill_9_during_a_stage_leaves_a_marker_that_reruns_it(rig):
     while time.time() < deadline and not (marker.exists() and rig.launches()):
         time.sleep(0.1)
     assert marker.exists()
+    recorded = json.loads(marker.read_text())["processes"]
+    assert [p["pid"] for p in recorded] == [rig.launches()[0]["pid"]]
     apply.send_signal(signal.SIGKILL)
     apply.wait()
-    for launch in rig.launches():  # the orphaned server would hold the port: stop it like an operator would
-        os.killpg(launch["pgid"], signal.SIGKILL)
-    time.sleep(0.3)
+    orphan = rig.launches()[0]
+    os.killpg(orphan["pgid"], 0)  # the warm-up server outlived its apply
     rig.write(caches={"inductor": {"mode": "ensure", "env": {"FAKE_SGLANG_LOAD_S": "0.1"}}})
     doc = json.loads(rig.run("plan", "--json").stdout)
     action, message = rig.stage_action(doc, "inductor")
     assert action == "run" and message.startswith("partial cache: an earlier run was interrupted (pid ")
     marker_change = next(c for c in doc["changes"] if c["address"] == "marker:inductor")
     assert marker_change["reason"] == "partial"
-    proc = rig.run("apply")
+    orphans = next(c for c in doc["changes"] if c["address"] == "orphans:inductor")
+    assert orphans["action"] == "delete" and f"stop pid {orphan['pid']}" in orphans["message"]
+    stage = next(c for c in doc["changes"] if c["address"] == "stage:inductor")
+    assert "orphans:inductor" in stage["depends_on"]
+    proc = rig.run("apply")  # stops the orphan, then primes on the freed port
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    from reconcile.exec_runtime import _group_alive
+
+    assert not _group_alive(orphan["pgid"]), "the orphan's group still runs (zombies aside)"
     assert not marker.exists()
 
 

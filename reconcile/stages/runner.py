@@ -99,11 +99,33 @@ class Heartbeat:
             self.say(self.stage, self.phase, time.monotonic() - self.started)
 
 
+class RecordingRuntime:
+    """The runtime, with every process it starts recorded in the running
+    stage's marker (pid, process group, start time), so that an apply that
+    is killed -9 leaves behind what the next one needs to stop them."""
+
+    def __init__(self, runtime, record):
+        self._runtime, self._record = runtime, record
+
+    def __getattr__(self, name):
+        return getattr(self._runtime, name)
+
+    def spawn(self, argv, env, on_line, cwd=None):
+        proc = self._runtime.spawn(argv, env, on_line, cwd=cwd)
+        self._record(proc)
+        return proc
+
+
 class StageRun:
     """Runs the stage changes of one apply, and lends the stages its tools."""
 
     def __init__(self, desired, ctx, runtime, rt_facts, log: SessionLog, run_id: str, say=None, facts=None):
-        self.desired, self.ctx, self.runtime, self.rt = desired, ctx, runtime, rt_facts
+        self.desired, self.ctx, self.rt = desired, ctx, rt_facts
+        import psutil  # noqa: F401 - for _record_process: imported now, never after privileges drop
+
+        self.runtime = RecordingRuntime(runtime, self._record_process)
+        self._marker: dict | None = None  # the running stage's marker document
+        self._marker_path = ""
         self.data = desired.data
         self.log, self.run_id = log, run_id
         self.say = say or (lambda stage, phase, elapsed: None)
@@ -342,6 +364,7 @@ class StageRun:
             out.errors.append({"error_type": "internal_error", "message": f"{type(exc).__name__}: {summary}"
                                .rstrip(": "), "phase": phase[0]})
         finally:
+            self._marker = None  # the marker stays on disk when the stage did not succeed
             if lock_held:
                 release(self.path(lock_path(stage.file_name)), stage.file_name, self.owner)
             out.duration_s = time.monotonic() - started
@@ -397,11 +420,29 @@ class StageRun:
                               owner_pid=exc.lock.owner_pid, started_at=exc.lock.started_at) from None
 
     def _write_marker(self, stage: Stage) -> None:
+        self._marker_path = self.path(marker_path(stage.file_name))
+        self._marker = {"owner_pid": os.getpid(), "started_at": utc_now_iso(), "run_id": self.run_id,
+                        "host": self.ctx.hostname, "processes": []}
         with self.owner():
-            atomic_write_json(self.path(marker_path(stage.file_name)),
-                              {"owner_pid": os.getpid(), "started_at": utc_now_iso(), "run_id": self.run_id})
+            atomic_write_json(self._marker_path, self._marker)
+
+    def _record_process(self, proc) -> None:
+        """Add a started process to the marker (before anything waits on it)."""
+        if self._marker is None or not getattr(proc, "pid", 0):
+            return
+        import psutil
+
+        try:
+            created = psutil.Process(proc.pid).create_time()
+        except (psutil.Error, OSError):
+            return
+        self._marker["processes"].append({"pid": proc.pid, "pgid": getattr(proc, "pgid", proc.pid) or proc.pid,
+                                          "create_time": created})
+        with self.owner():
+            atomic_write_json(self._marker_path, self._marker)
 
     def _remove_marker(self, stage: Stage) -> None:
+        self._marker = None
         with self.owner():
             try:
                 os.unlink(self.path(marker_path(stage.file_name)))

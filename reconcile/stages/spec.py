@@ -117,6 +117,7 @@ class Stage:
                 "check:runtime", "check:free_disk"]
         deps += [f"container:{container}"] if container else []
         deps += list(self.own_depends)
+        deps.append(f"orphans:{self.file_name}")  # only when a killed apply left some (else dropped)
         if self.starts_server:
             deps += ["check:gpu_count", "check:model", "check:server_flags", f"port:{port}",
                      "directory:telemetry/container_runs", "directory:telemetry/logs"]
