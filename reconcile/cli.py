@@ -254,7 +254,9 @@ def cmd_apply(args, argv=None) -> int:
                             saved=saved is not None)
     finally:
         progress.close()
-    result_lines = [f"RESULT_JSON {report.result_json}", report.result_status] if report.result_json else []
+    # RESULT_STATUS even when prep_result.json could not be written (the stage files are then the record)
+    result_lines = ([f"RESULT_JSON {report.result_json}"] if report.result_json else []) + \
+        ([report.result_status] if report.result_status else [])
     if args.json:
         doc = report.to_json()
         doc["plan"] = plan.to_json()

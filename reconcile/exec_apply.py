@@ -17,7 +17,7 @@ from . import exec_signals
 from .errors import EXIT_ERROR, EXIT_OK, InputError, Interrupted, LockTimeoutError
 from .exec_privs import as_owner
 from .exec_storage import StorageExecutor
-from .facts_host import HostFacts
+from .facts_host import HostFacts, linked_component
 from .journal import SessionLog, new_run_id, utc_now_iso
 from .locks import LockTimeout, acquire, lock_info, release
 from .plan_model import CHANGED, FAILED, SKIPPED, UNCHANGED, Plan, Result
@@ -225,7 +225,7 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
                 current = change
                 run(change)
             current = None
-            if os.path.isdir(ctx.path(LOCKS_DIR)):
+            if os.path.isdir(ctx.path(LOCKS_DIR)) and not linked_component(ctx.root, LOCKS_DIR):
                 if lock.acquire():  # someone applied meanwhile: act on the host as it is now
                     plan, rest = _replan(plan, desired, facts, only, saved, first, say)
                     pending[:] = first + rest
@@ -250,18 +250,32 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
         report.finished_at = utc_now_iso()
         failed = any(r.status in (FAILED, SKIPPED) for r in report.results)
         report.exit_code = EXIT_ERROR if failed else EXIT_OK
+        def safely(what: str, fn, *args):
+            """Journaling is best effort on a broken host (a full disk): each
+            step on its own, each failure said, the run lock always released."""
+            try:
+                return fn(*args)
+            except OSError as exc:
+                say(f"warning: could not {what}: {exc.strerror or exc}")
+                report.exit_code = report.exit_code or EXIT_ERROR
+                return None
+
         if wants_stages:
             stages.get()
-        if stages.executor is not None and _open_log(log, ctx, report):
-            report.result_json, report.result_status, stage_code = stages.executor.finish()
-            if stage_code:
-                report.exit_code = stage_code
+        if stages.executor is not None and safely("open the session log", _open_log, log, ctx, report):
+            done = safely("write the stage results", stages.executor.finish)
+            if done:
+                report.result_json, report.result_status, stage_code = done
+                if stage_code:
+                    report.exit_code = stage_code
         if interrupted is not None:
             report.exit_code = interrupted.exit_code
             report.interrupted = interrupted.name
-        _journal(report, ctx, log)
+        safely("journal the results", _journal, report, ctx, log)
         log.close()
-        _record_apply(desired, ctx, report, facts)
+        if log.failed:
+            say(f"warning: the session log is incomplete: {log.failed}")
+        safely("record the apply", _record_apply, desired, ctx, report, facts)
         lock.release()
     return report
 
@@ -303,7 +317,7 @@ def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, facts) ->
     from .state_layout import LAST_APPLY
 
     path = ctx.path(LAST_APPLY)
-    if not os.path.isdir(os.path.dirname(path)):
+    if not os.path.isdir(os.path.dirname(path)) or linked_component(ctx.root, LAST_APPLY):
         return
     after = build_plan(desired, facts.fresh(), own_pid=os.getpid())
     doc = {"format_version": "1", "host": desired.host, "applied_at": report.finished_at, "run_id": report.run_id,
@@ -336,6 +350,9 @@ def _open_log(log: SessionLog, ctx: Context, report: ApplyReport) -> bool:
     if log._fh is not None:
         return True
     if not os.path.isdir(os.path.dirname(log.path)):
+        return False
+    rel = os.path.relpath(log.path, ctx.root)
+    if not rel.startswith("..") and linked_component(ctx.root, rel):
         return False
     try:
         with as_owner(ctx.owner.uid, ctx.owner.gid):

@@ -206,14 +206,20 @@ class DockerProcess:
         self.pgid = self.pid
 
     def _read(self, stream, on_line) -> None:
+        def emit(raw: bytes) -> None:
+            try:
+                on_line(raw.decode("utf-8", errors="replace"))
+            except Exception:  # noqa: BLE001 - keep draining the exec stream
+                pass
+
         buf = b""
         for chunk in stream:
             buf += chunk
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
-                on_line(line.decode("utf-8", errors="replace"))
+                emit(line)
         if buf:
-            on_line(buf.decode("utf-8", errors="replace"))
+            emit(buf)
 
     def poll(self) -> int | None:
         info = self.api.exec_inspect(self.exec_id)

@@ -10,7 +10,7 @@ from .context import Context
 from .errors import SglprepError
 from .exec_apply import RunLock
 from .exec_privs import as_owner
-from .facts_host import HostFacts
+from .facts_host import HostFacts, linked_component
 from .journal import SessionLog, new_run_id, utc_now_iso
 from .locks import lock_liveness
 from .state_layout import LOCKS_DIR, LOGS_DIR, lock_path
@@ -46,14 +46,14 @@ def reset(entries: list, desired, ctx: Context, say=None) -> dict:
     lock = RunLock(ctx, desired.data["timeouts"]["lock_s"], desired.data["heartbeat_s"], "sglprep reset",
                    say or (lambda line: None))
     log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{run_id}.log"))
-    if os.path.isdir(ctx.path(LOCKS_DIR)):
+    if os.path.isdir(ctx.path(LOCKS_DIR)) and not linked_component(ctx.root, LOCKS_DIR):
         lock.acquire()
     try:
         held = live_stage_locks(ctx)  # again, under the run lock
         if held:
             raise ResetRefused("refusing to reset while a stage runs: " + "; ".join(held))
         with as_owner(ctx.owner.uid, ctx.owner.gid):
-            if os.path.isdir(os.path.dirname(log.path)):
+            if os.path.isdir(os.path.dirname(log.path)) and not linked_component(ctx.root, LOGS_DIR):
                 log.open()
                 report["log_file"] = log.path
             for e in entries:

@@ -51,7 +51,10 @@ class LocalProcess:
 
     def _read(self, on_line) -> None:
         for raw in iter(self.popen.stdout.readline, b""):
-            on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            try:
+                on_line(raw.decode("utf-8", errors="replace").rstrip("\n"))
+            except Exception:  # noqa: BLE001 - keep draining: a full pipe would stall the process
+                pass
         self.popen.stdout.close()
 
     def poll(self) -> int | None:

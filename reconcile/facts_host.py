@@ -164,6 +164,23 @@ class DiskFact(NamedTuple):
     total_bytes: int
 
 
+def linked_component(root: str, rel: str) -> str:
+    """The first existing path from `root` down to `root/rel` that is a
+    symbolic link ("" if none): sglprep writes nothing through one, so a
+    link the owner planted in the storage tree cannot aim its writes (or
+    root's) outside it. `root` itself may be a link (the user's choice)."""
+    path = root.rstrip("/")
+    for part in [p for p in rel.split("/") if p]:
+        path = f"{path}/{part}"
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return ""
+        if stat_mod.S_ISLNK(st.st_mode):
+            return path
+    return ""
+
+
 def read_bounded(path: str, limit: int = 1 << 20, follow: bool = False) -> tuple[str, bytes, str]:
     """(missing | ok | unreadable, content, error) of a small file sglprep
     reads as a fact. Never follows a link (unless `follow`: a model's

@@ -112,6 +112,8 @@ class SessionLog:
         self.path = path
         self._fh = None
         self.scrub = sorted(scrub or (), key=len, reverse=True)  # secrets never written in clear
+        self._early: list = []
+        self.failed = ""  # why a line could not be written (the first time)
         import threading
 
         self._lock = threading.Lock()
@@ -123,18 +125,29 @@ class SessionLog:
         return line
 
     def open(self) -> "SessionLog":
+        """Open for appending (the caller checks the directory is sglprep's own
+        and switches to the storage owner); lines written before are flushed."""
         if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+            self._fh = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+            with self._lock:
+                for line in self._early:
+                    self._fh.write(line + "\n")
+                self._early.clear()
         return self
 
     def write(self, line: str) -> None:
-        line = self.clean(line)
+        line = self.clean(line).rstrip("\n")
         with self._lock:
-            if self._fh is None:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(line.rstrip("\n") + "\n")
+            if self._fh is None:  # kept until open(): never written to a path nobody checked
+                self._early.append(line)
+                del self._early[:-1000]
             else:
-                self._fh.write(line.rstrip("\n") + "\n")
+                try:
+                    self._fh.write(line + "\n")
+                except OSError as exc:  # a full disk must not stop the run; the report says so
+                    self.failed = self.failed or f"{exc.strerror or exc}"
 
     def event(self, kind: str, **fields) -> None:
         self.write(f"{utc_now_iso()} {kind} " + json.dumps(fields, sort_keys=True, default=str))
@@ -150,7 +163,10 @@ class SessionLog:
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError as exc:
+                    self.failed = self.failed or f"{exc.strerror or exc}"
                 self._fh = None
 
 

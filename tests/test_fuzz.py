@@ -13,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import record
 from reconcile.errors import InputError
 from reconcile.state_schema import validate
 from reconcile.state_yaml import load_text
@@ -45,6 +46,7 @@ def one_line(err: InputError) -> None:
 @SETTINGS
 @given(DOCS)
 def test_state_documents(doc):
+    record("fuzzed state documents → value or one-line error", 1, 1)
     text = yaml.safe_dump(doc, allow_unicode=True)
     try:
         validate(load_text(text, "s.yaml"))
@@ -56,6 +58,7 @@ def test_state_documents(doc):
 @SETTINGS
 @given(st.lists(st.one_of(YAML_NOISE, st.text(max_size=30)), max_size=6))
 def test_state_text(pieces):
+    record("fuzzed state text (YAML noise) → value or one-line error", 1, 1)
     text = "version: 1\n" + "\n".join(f"{k}: {v}" for k, v in zip(KEYS, pieces))
     try:
         validate(load_text(text, "s.yaml"))
@@ -68,6 +71,7 @@ def test_state_text(pieces):
                                          "sglprep_state", "ansible_connection", "ansible_host", "gpus"]),
                        VALUES, max_size=6))
 def test_inventories(doc):
+    record("fuzzed inventories → value or one-line error", 1, 1)
     from reconcile.state_inventory import load_inventory
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
@@ -89,6 +93,7 @@ PLAN_KEYS = st.sampled_from(["format_version", "host", "state_file", "fingerprin
 @given(st.dictionaries(PLAN_KEYS, VALUES, max_size=6), st.lists(st.dictionaries(PLAN_KEYS, VALUES, max_size=5),
                                                                max_size=3))
 def test_saved_plans(doc, changes):
+    record("fuzzed saved plans → value or one-line error", 1, 1)
     from reconcile.cli import _load_saved_plan
 
     doc = {"format_version": "1", **doc}
@@ -111,6 +116,7 @@ def test_saved_plans(doc, changes):
                                   b"CONTAINER_RUN_META_JSON=/telemetry/../../etc/shadow\n",
                                   b'{"signature": {"a": [[[[[]]]]]}}'])))
 def test_files_found_on_disk(data):
+    record("fuzzed fact files (×5 readers) → value or one-line error", 1, 1)
     from reconcile.facts_artifacts import check
     from reconcile.facts_host import HostFacts, _pointer_fact
     from reconcile.facts_stages import signature_fact

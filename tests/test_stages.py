@@ -388,6 +388,9 @@ def test_kill_9_during_a_stage_leaves_a_marker_that_reruns_it(rig):
 
     assert not _group_alive(orphan["pgid"]), "the orphan's group still runs (zombies aside)"
     assert not marker.exists()
+    from conftest import record
+
+    record("kill -9 mid warm-up → orphan reaped, stage resumed", 1, 1)
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
@@ -428,6 +431,9 @@ def test_interrupted_apply_tears_down_records_interrupted_and_exits_128_plus_sig
     proc = rig.run("apply")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not marker.exists()
+    from conftest import record
+
+    record("SIGINT/SIGTERM mid-stage → interrupted, torn down, RESULT lines", 1, 1)
 
 
 def test_a_stage_that_was_not_executed_is_never_reported_noop(rig):

@@ -73,8 +73,12 @@ def reset_selection(ctx: Context, caches: list | None, match_slug: str | None, o
     now = time.time() if now is None else now
     cutoff = now - older_than_days * 86400 if older_than_days is not None else None
     selected = []
+    from ..facts_host import linked_component
+
     for cache in caches or list(CACHES):
         base = ctx.path(CACHES[cache][0])
+        if linked_component(ctx.root, CACHES[cache][0]):
+            continue  # never delete through a link: it may lead outside the root
         try:
             names = sorted(os.listdir(base))
         except OSError:

@@ -3,6 +3,7 @@ and journals them: a stage JSON for every stage (noop and skipped ones too),
 written before the aggregate `prep_result.json`, and the RESULT_STATUS line."""
 from __future__ import annotations
 
+import os
 import time
 
 from ..exec_privs import as_owner
@@ -108,11 +109,26 @@ class StagesExecutor:
         return StageOutcome(stage=name, status="skipped", ran=False, reason=why,
                             errors=[{"error_type": "not_run", "message": why}])
 
+    def _run_dir_usable(self) -> bool:
+        """Never write the run's files through a link planted in the tree."""
+        from ..facts_host import linked_component
+
+        rel = os.path.relpath(self.run_dir, self.ctx.root)
+        link = linked_component(self.ctx.root, rel + "/stages")
+        if link:
+            self.log.event("RUN_FILES_REFUSED", reason=f"{link} is a symlink")
+        return not link
+
     def _write_stage(self, name: str, outcome: StageOutcome) -> None:
         from ..journal import write_run_file
 
-        with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-            write_run_file(self.run_dir, f"stages/{name.replace('/', '.')}.json", outcome.to_json())
+        if not self._run_dir_usable():
+            return
+        try:
+            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
+                write_run_file(self.run_dir, f"stages/{name.replace('/', '.')}.json", outcome.to_json())
+        except OSError as exc:  # e.g. a full disk: the outcome stays in memory for prep_result and the report
+            self.log.event("STAGE_FILE_FAILED", stage=name, error=f"{exc.strerror or exc}")
 
     @property
     def run_dir(self) -> str:
@@ -132,8 +148,9 @@ class StagesExecutor:
         doc = self.prep_result()
         path = ""
         try:
-            with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
-                path = write_run_file(self.run_dir, "prep_result.json", doc)
+            if self._run_dir_usable():
+                with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
+                    path = write_run_file(self.run_dir, "prep_result.json", doc)
         except OSError as exc:  # the stage files stay the source of truth
             self.log.event("AGGREGATE_FAILED", error=str(exc))
         line = "RESULT_STATUS " + doc["status"] + " " + " ".join(f"{s}:{self.outcomes[s].status}" for s in names)

@@ -59,8 +59,22 @@ def stage_change(stage, desired, facts, ctx, runtime, verify: bool = False):
         artifacts = facts.artifacts(ctx.path(stage.manifest_rel(desired.model_slug)), ctx.root, verify)
     cache_problem = stage.observe(facts, ctx, runtime) if active else ""
     container = data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""
+    problem = stage.option_problem(runtime) or (linked_dir(facts, ctx, stage.cache_dir) if active else "")
     return diff_stage(stage, want, runtime, sig, marker if marker.kind != "missing" else None, ctx.hostname,
-                      data["server"]["port"], cache_problem, stage.option_problem(runtime), container, artifacts)
+                      data["server"]["port"], cache_problem, problem, container, artifacts)
+
+
+def linked_dir(facts, ctx, rel: str) -> str:
+    """Why a stage may not write under `rel`: a directory on the way there
+    (below the storage root) is a symbolic link, which could lead anywhere."""
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        fact = facts.directory(ctx.path("/".join(parts[:i])))
+        if fact.kind == "symlink":
+            return f"{fact.path} is a symlink → replace it with a directory (sglprep never writes through a link)"
+        if fact.kind == "missing":
+            return ""
+    return ""
 
 
 def stage_changes(desired, facts, ctx, container=None, verify: bool = False) -> tuple[list, list, RuntimeFacts]:

@@ -192,9 +192,19 @@ class StageRun:
             self.log.write(line)
             with lock:
                 for fh in handles:
-                    fh.write(line + "\n")
+                    try:
+                        fh.write(line + "\n")
+                    except OSError as exc:  # a full disk: keep draining the process, say so in the log
+                        self.log.failed = self.log.failed or f"{fh.name}: {exc.strerror or exc}"
 
-        sink.close = lambda: [fh.close() for fh in handles]
+        def close() -> None:
+            for fh in handles:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
+
+        sink.close = close
         return sink
 
     def server(self, sink) -> WarmupServer:
@@ -492,6 +502,11 @@ class StageRun:
                                      "written_at": utc_now_iso(), "run_id": self.run_id})
 
     def _preflight(self, stage: Stage) -> None:
+        from .plan import linked_dir
+
+        link = linked_dir(self.facts(), self.ctx, stage.cache_dir)
+        if link:
+            raise StageFailed("permissions_unexpected", link)
         cache_dir_path = self.path(stage.cache_dir)
         probe = os.path.join(cache_dir_path, f".write_test.{os.getpid()}")
         try:
