@@ -20,6 +20,7 @@ class SignatureFact(NamedTuple):
     signature: dict = {}
     written_at: str = ""
     error: str = ""
+    fills: tuple = ()  # caches (inspect names) the stage also filled, e.g. triton for a custom stage
 
 
 class ModelFact(NamedTuple):
@@ -37,7 +38,10 @@ def signature_fact(path: str) -> SignatureFact:
         kind, error = "unparseable", "no 'signature' object"
     if kind != "ok":
         return SignatureFact(path=path, kind=kind, error=error)
-    return SignatureFact(path=path, kind="ok", signature=data["signature"], written_at=str(data.get("written_at", "")))
+    fills = tuple(str(f) for f in data.get("fills") or () if isinstance(f, str)) \
+        if isinstance(data.get("fills"), list) else ()
+    return SignatureFact(path=path, kind="ok", signature=data["signature"], written_at=str(data.get("written_at", "")),
+                         fills=fills)
 
 
 def model_fact(config_path: str) -> ModelFact:

@@ -179,3 +179,27 @@ def test_a_killed_apply_leaves_no_custom_command_running_beside_the_next(rig):  
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "orphans:custom.blk" in proc.stdout
     assert not _group_alive(pgid)
+
+
+def test_inspect_credits_a_custom_stage_with_the_caches_it_filled(rig):  # noqa: F811
+    """A torch.compile custom stage fills the Triton and Inductor caches: with
+    the inductor stage skipped, inspect calls them valid, primed by it, and
+    its manifest covers them (damage there reruns it)."""
+    script = rig.base / "compile.py"
+    script.write_text("import os\n"
+                      "for var in ('TRITON_CACHE_DIR', 'TORCHINDUCTOR_CACHE_DIR'):\n"
+                      "    d = os.path.join(os.environ[var], 'ab')\n"
+                      "    os.makedirs(d, exist_ok=True)\n"
+                      "    open(os.path.join(d, 'kernel.bin'), 'w').write(var)\n")
+    rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip", "inductor": "skip",
+                      "custom": {"blk": {"mode": "ensure", "command": [rig.state["runtime"]["python"], str(script)]}}})
+    assert rig.run("apply").returncode == 0
+    snap = json.loads(rig.run("inspect", "--json").stdout)
+    for cache in ("triton", "torchinductor"):
+        assert snap[cache]["valid"] is True, snap[cache]
+        assert snap[cache]["reason"] == "primed by custom/blk (valid_signature)"
+        assert snap[cache]["stage"] == "custom/blk"
+    assert snap["deep_gemm"]["valid"] is False
+    (rig.root / "profiles/triton/ab/kernel.bin").write_text("")
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    assert stage(doc)["reason"] == "artifact_damaged" and "profiles/triton/ab/kernel.bin" in stage(doc)["message"]

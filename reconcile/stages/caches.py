@@ -45,6 +45,10 @@ def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes
         else:
             valid, reason = False, ("in_progress_or_aborted" if partial else
                                     change.message if change is not None else "unknown")
+        if not valid and not partial:  # filled by another stage (a custom torch.compile stage fills triton)?
+            filler = _filled_by(plan, facts, ctx, stages, name, slug)
+            if filler is not None:
+                valid, reason, stage, sig = True, f"primed by {filler[0]} (valid_signature)", filler[0], filler[1]
         entry = {"exists": exists, "partial": partial,
                  "partial_info": {"owner_pid": marker.owner_pid, "started_at": marker.started_at} if partial else None,
                  "valid": valid, "reason": reason, "path": path, "stage": stage,
@@ -55,6 +59,19 @@ def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes
             entry.update(size_bytes=stats.bytes, file_count=stats.files, latest_mtime_iso=iso(stats.newest_mtime))
         out[name] = entry
     return out
+
+
+def _filled_by(plan: Plan, facts, ctx: Context, stages: dict, cache: str, slug: str):
+    """(stage name, signature fact) of a stage whose valid signature says it
+    filled `cache` (custom stages record the routed caches they wrote)."""
+    for name, stage in stages.items():
+        change = plan.find(f"stage:{name}")
+        if change is None or change.reason != "valid_signature":
+            continue
+        sig = facts.signature(ctx.path(stage.signature_rel(slug)))
+        if sig.kind == "ok" and cache in sig.fills:
+            return name, sig
+    return None
 
 
 class ResetEntry(NamedTuple):

@@ -84,6 +84,10 @@ class Custom(Stage):
         out.env = {**run.routing(), **extra}
         out.artifacts.update(argv=redact_argv(argv), cache_dir=run.artifact(self.cache_dir))
         before = tree_stats(run.path(self.cache_dir))
+        from . import catalog
+
+        routed = {name: rel for name, (rel, _) in catalog.caches().items()}
+        routed_before = {name: tree_stats(run.path(rel)) for name, rel in routed.items()}
         beat.set("command")
         rc, tail, cleanup = run.run_command(argv, run.env(self, extra), run.rpath(self.cache_dir), timeout,
                                             (run.path(f"{self.cache_dir}/run.log"),))
@@ -94,6 +98,14 @@ class Custom(Stage):
             raise StageFailed("command_failed", f"{argv[0]} exited {rc}", exit_code=rc, log_tail=tail)
         after = tree_stats(run.path(self.cache_dir))
         out.artifacts["files"] = {"count": after.files, "bytes": after.bytes, "files_delta": after.files - before.files}
+        out.artifacts["filled"] = sorted(name for name, rel in routed.items()
+                                         if tree_stats(run.path(rel)) != routed_before[name])
+
+    def fills(self, out) -> list:
+        return list(out.artifacts.get("filled") or [])
+
+    def artifact_dirs(self) -> tuple:
+        return (self.cache_dir,)
 
     def verify(self, run, out, beat) -> dict:
         argv = list(self.opts["verify"])

@@ -352,7 +352,7 @@ class StageRun:
                     out.evidence = stage.verify(self, out, beat)
                 beat.set("manifest")
                 self._write_manifest(stage, out)
-                self._write_signature(stage, want)
+                self._write_signature(stage, want, stage.fills(out))
                 self._remove_marker(stage)
                 out.status = "ok"
         except StageFailed as exc:
@@ -485,7 +485,10 @@ class StageRun:
         so a signature always has its manifest."""
         from ..facts_artifacts import collect
 
-        files = collect(self.ctx.root, stage.artifact_dirs(), stage.keeps)
+        from . import catalog
+
+        filled = [catalog.caches()[name][0] for name in stage.fills(out) if name in catalog.caches()]
+        files = collect(self.ctx.root, tuple(dict.fromkeys((*stage.artifact_dirs(), *filled))), stage.keeps)
         path = self.path(stage.manifest_rel(self.slug))
         with self.owner():
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -494,12 +497,15 @@ class StageRun:
         out.artifacts["manifest"] = {"host_path": path, "files": len(files),
                                      "bytes": sum(f["size"] for f in files)}
 
-    def _write_signature(self, stage: Stage, want: dict) -> None:
+    def _write_signature(self, stage: Stage, want: dict, fills: list) -> None:
         path = self.path(stage.signature_rel(self.slug))
+        doc = {"schema_version": "1", "stage": stage.name, "signature": want, "written_at": utc_now_iso(),
+               "run_id": self.run_id}
+        if fills:
+            doc["fills"] = fills
         with self.owner():
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write_json(path, {"schema_version": "1", "stage": stage.name, "signature": want,
-                                     "written_at": utc_now_iso(), "run_id": self.run_id})
+            atomic_write_json(path, doc)
 
     def _preflight(self, stage: Stage) -> None:
         from .plan import linked_dir

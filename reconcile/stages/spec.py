@@ -102,6 +102,11 @@ class Stage:
         return not (name in ("signature.json", "manifest.json") or name.endswith((".log", ".lock", ".tmp", ".new"))
                     or name.startswith(".write_test"))
 
+    def fills(self, out) -> list:
+        """Caches of other kinds this run filled (inspect names), kept in the
+        signature so inspect can say who primed them."""
+        return []
+
     def repair_targets(self, damaged: tuple) -> tuple:
         """What to remove so that priming rebuilds the damaged artifacts."""
         return tuple(damaged)
