@@ -23,6 +23,9 @@ EXIT_CODES_HELP = """exit codes:
   any     1 invalid input, a fact could not be gathered, or a blocked change
   apply   0 every change succeeded; 3 saved plan is stale (nothing applied)
   any     4 another apply holds the run lock past timeouts.lock_s
+  apply   10 deep_gemm, 11 moe_tune, 12 flashinfer, 13 inductor, 14 a custom stage:
+             the first cache stage that failed, in execution order
+  apply   130 SIGINT, 143 SIGTERM, 129 SIGHUP: interrupted (the running stage is recorded)
 """
 
 RENDERABLE = ("prometheus.yml", "init-run.sh", "crontab", "systemd", "sglprep-plan.service", "sglprep-plan.timer")
@@ -38,6 +41,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--limit", metavar="HOST", default=d("localhost"), help="host to reconcile (default: localhost)")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output on stdout")
     parser.add_argument("--no-color", action="store_true", default=d(False), help="plain text (also: NO_COLOR)")
+    parser.add_argument("-e", "--set", dest="overrides", action="append", metavar="KEY=VALUE",
+                        default=d(None), help="override a state key for this run (dotted key, YAML value: "
+                        "-e tp=2 -e caches.flashinfer=rebuild); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(p, suppress=True)
     p.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved by `plan -o`; refused if stale")
     p.add_argument("--only", nargs="+", metavar="ADDRESS", help="apply only these addresses (and what they need)")
+    p.add_argument("--auto-approve", action="store_true",
+                   help="do not ask before applying (also implied when stdin is not a terminal: cron, Ansible)")
 
     p = sub.add_parser("inspect", help="snapshot of the kernel caches (the seeds' `caches inspect`)")
     _global_options(p, suppress=True)
@@ -124,7 +132,7 @@ def main(argv: list | None = None) -> int:
 def _load(args):
     from .state_load import load_desired
 
-    return load_desired(args.state, args.inventory, args.limit)
+    return load_desired(args.state, args.inventory, args.limit, getattr(args, "overrides", None) or ())
 
 
 def _writer(args):
@@ -242,6 +250,20 @@ def cmd_apply(args, argv=None) -> int:
         if unknown:
             raise InputError(None, None, "--only", f"no such resource in the plan: {', '.join(unknown)}")
     ctx = resolve_context(desired, facts)
+    if not args.auto_approve and not args.json and _interactive() and (plan.pending or plan.blocked):
+        from .report_text import render_plan
+
+        render_plan(plan, _writer(args))
+        print("\nDo you want to perform these actions?\n  sglprep will perform the actions described above.\n"
+              "  Only 'yes' will be accepted to approve.\n")
+        try:
+            answer = input("  Enter a value: ").strip()
+        except EOFError:
+            answer = ""
+        if answer != "yes":
+            print("\nApply cancelled.")
+            return EXIT_ERROR
+        args.no_plan_echo = True
     command = "sglprep " + " ".join(sys.argv[1:] if argv is None else argv)
     from .report_text import StageProgress, use_color
 
@@ -267,7 +289,9 @@ def cmd_apply(args, argv=None) -> int:
         from .report_text import render_apply, render_plan
 
         w = _writer(args)
-        if plan.pending or plan.blocked:
+        if getattr(args, "no_plan_echo", False):
+            pass  # shown before the question
+        elif plan.pending or plan.blocked:
             render_plan(plan, w)
         else:
             from .report_text import summary_line
@@ -282,6 +306,15 @@ def cmd_apply(args, argv=None) -> int:
     sys.stdout.flush()
     exec_signals.restore()
     return report.exit_code
+
+
+def _interactive() -> bool:
+    """Ask before applying only when a person is there: stdin and stdout
+    are terminals (cron, Ansible and pipes never are)."""
+    try:
+        return sys.stdin.isatty() and sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def cmd_validate(args) -> int:

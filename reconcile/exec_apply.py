@@ -163,6 +163,7 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
     todo = [c for c in plan.changes if c.action != "noop" and c.address in selected]
     if not todo:  # a converged host: take no lock, write nothing (but a missing or outdated record)
         report.finished_at = utc_now_iso()
+        report.result_json, report.result_status = _converged_result(plan, desired, ctx, facts)
         _record_if_outdated(plan, desired, ctx, report, facts)
         return report
 
@@ -262,12 +263,15 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
 
         if wants_stages:
             stages.get()
-        if stages.executor is not None and safely("open the session log", _open_log, log, ctx, report):
-            done = safely("write the stage results", stages.executor.finish)
+        if stages.executor is not None:
+            usable = safely("open the session log", _open_log, log, ctx, report)
+            done = safely("write the stage results", stages.executor.finish, bool(usable))
             if done:
                 report.result_json, report.result_status, stage_code = done
                 if stage_code:
                     report.exit_code = stage_code
+        elif not report.result_status:  # no stage work in this apply: the stages as the plan found them
+            report.result_json, report.result_status = _converged_result(plan, desired, ctx, facts)
         if interrupted is not None:
             report.exit_code = interrupted.exit_code
             report.interrupted = interrupted.name
@@ -299,6 +303,23 @@ def _replan(plan: Plan, desired: Desired, facts, only, saved: bool, done: list, 
     return plan, rest
 
 
+def _converged_result(plan: Plan, desired: Desired, ctx: Context, facts) -> tuple[str, str]:
+    """The RESULT lines of an apply with nothing to do: every stage as the
+    plan found it (noop or skipped), and the last prep_result.json written
+    on this host, when there is one."""
+    from .state_layout import LAST_APPLY
+
+    names = [s.name for s in catalog.stages(desired.data)]
+    states = {name: ("skipped" if (c := plan.find(f"stage:{name}")) is None or c.reason == "skipped" else "noop")
+              for name in names}
+    record = facts.fresh().last_apply(ctx.path(LAST_APPLY))
+    path = record.result_json if record.kind == "ok" else ""
+    if path and not (path.startswith(ctx.root.rstrip("/") + "/") and os.path.isfile(path)):
+        path = ""
+    line = "RESULT_STATUS ok " + " ".join(f"{n}:{states[n]}" for n in names)
+    return path, line
+
+
 def _record_if_outdated(plan: Plan, desired: Desired, ctx: Context, report: ApplyReport, facts) -> None:
     from .plan import plan_intents
     from .state_layout import LAST_APPLY
@@ -320,9 +341,12 @@ def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, facts) ->
     if not os.path.isdir(os.path.dirname(path)) or linked_component(ctx.root, LAST_APPLY):
         return
     after = build_plan(desired, facts.fresh(), own_pid=os.getpid())
+    previous = facts.fresh().last_apply(path)
+    record_result = previous.result_json if previous.kind == "ok" else ""
     doc = {"format_version": "1", "host": desired.host, "applied_at": report.finished_at, "run_id": report.run_id,
            "state_file": desired.state_file, "sources_sha": desired.sources_sha, "exit_code": report.exit_code,
            "desired": redact(desired.data), "intents": plan_intents(after),
+           "result_json": report.result_json or record_result,
            "facts": {c.address: c.observed for c in after.changes}}
     try:
         with as_owner(ctx.owner.uid, ctx.owner.gid):

@@ -116,6 +116,7 @@ class LastApplyFact(NamedTuple):
     kind: str  # missing | ok | unparseable
     applied_at: float = 0.0
     intents: dict = {}  # address -> intent (the desired side of each resource)
+    result_json: str = ""  # the last prep_result.json an apply wrote
 
 
 class TreeStats(NamedTuple):
@@ -461,7 +462,8 @@ class HostFacts:
                 return LastApplyFact(kind=kind)
             try:
                 return LastApplyFact(kind="ok", applied_at=float(parse_iso(str(data.get("applied_at", ""))) or 0.0),
-                                     intents=dict(data.get("intents") or {}))
+                                     intents=dict(data.get("intents") or {}),
+                                     result_json=str(data.get("result_json") or ""))
             except (ValueError, TypeError, AttributeError):
                 return LastApplyFact(kind="unparseable")
         return self._cached(("last_apply", path), compute)

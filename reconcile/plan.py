@@ -243,4 +243,5 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None, v
     for change in changes:
         warnings.extend(change.warnings)
     return Plan(host=desired.host, state_file=desired.state_file, changes=changes, warnings=warnings,
+                overrides=desired.overrides,
                 fingerprint_parts=parts, last_apply_at=record.applied_at if record.kind == "ok" else None)

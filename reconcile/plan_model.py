@@ -115,8 +115,9 @@ class Plan:
 
     def __init__(self, host: str, state_file: str, fingerprint: str | None = None, changes: list | None = None,
                  warnings: list | None = None, fingerprint_parts: list | None = None,
-                 last_apply_at: float | None = None):
+                 last_apply_at: float | None = None, overrides: tuple = ()):
         self.host, self.state_file = host, state_file
+        self.overrides = tuple(overrides)  # -e/--set KEY=VALUE given for this run
         self.last_apply_at = last_apply_at  # epoch of the last apply's record, None when there is none
         self._fingerprint = fingerprint
         self._parts = fingerprint_parts
@@ -170,6 +171,7 @@ class Plan:
             "summary": self.summary(),
             "causes": self.causes(),
             "last_apply_at": self.last_apply_at,
+            "overrides": list(self.overrides),
             "changes": [c.to_json() for c in self.changes],
             "warnings": list(self.warnings),
         }
@@ -178,7 +180,8 @@ class Plan:
     def from_json(cls, data: dict) -> "Plan":
         return cls(host=data["host"], state_file=data["state_file"], fingerprint=data["fingerprint"],
                    changes=[Change.from_json(c) for c in data["changes"]],
-                   warnings=list(data.get("warnings", ())), last_apply_at=data.get("last_apply_at"))
+                   warnings=list(data.get("warnings", ())), last_apply_at=data.get("last_apply_at"),
+                   overrides=tuple(str(o) for o in data.get("overrides") or () if isinstance(o, str)))
 
     def render_compact(self) -> str:
         """Deterministic one-line-per-change form, for tests (compose's Plan.String())."""

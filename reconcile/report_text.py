@@ -57,7 +57,8 @@ def summary_line(plan: Plan) -> str:
 
 
 def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
-    w.line((f"sglprep {title} · {plan.host} · {plan.state_file}", "bold"))
+    sets = "".join(f" · -e {o}" for o in plan.overrides)
+    w.line((f"sglprep {title} · {plan.host} · {plan.state_file}{sets}", "bold"))
     shown = [c for c in plan.changes if c.action != "noop" or c.show]
     name_width = max([26] + [len(c.name) for c in shown])
     for c in shown:

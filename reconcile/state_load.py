@@ -61,6 +61,7 @@ class Desired(NamedTuple):
     warnings: tuple = ()
     state_path: str = ""  # the state file read (absolute)
     inventory_path: str = ""  # the inventory read (absolute; "" when none)
+    overrides: tuple = ()  # -e/--set KEY=VALUE of this run, as given
 
     @property
     def model_slug(self) -> str:
@@ -76,7 +77,33 @@ def slug_from_path(model_path: str) -> str:
     return slug or "model"
 
 
-def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -> Desired:
+def parse_overrides(items: list) -> tuple[dict, dict]:
+    """`-e KEY=VALUE` items → (nested overrides, origins). KEY is a dotted
+    state key, VALUE is read as YAML (`tp=2` is an int, `x=[a,b]` a list)."""
+    from .state_yaml import Origin, load_text
+
+    nested: dict = {}
+    origins: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise InputError(None, None, "--set", f"expected KEY=VALUE with a dotted state key, got {item!r}")
+        value = load_text(text or "null", f"--set {key}").value if text.strip() else ""
+        path = tuple(key.split("."))
+        target = nested
+        for part in path[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[path[-1]] = value
+        for i in range(1, len(path) + 1):
+            origins[path[:i]] = Origin(f"-e {item}", 0)
+    return nested, origins
+
+
+def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str,
+                 overrides: list | tuple = ()) -> Desired:
     from .state_inventory import load_inventory
 
     inv_display = inventory_arg or DEFAULT_INVENTORY
@@ -117,6 +144,9 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
         raise InputError(state_display, 1, None, "the state file is empty: write at least `version: 1` and the "
                          "keys to manage (states/default.yaml documents every key)")
     _merge_overrides(doc, host.overrides, host.override_origins)
+    if overrides:  # the command line wins over the state file and the inventory
+        nested, origins = parse_overrides(list(overrides))
+        _merge_overrides(doc, nested, origins)
     data = validate(doc)
 
     digest = sha256()
@@ -125,10 +155,12 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str) -
         digest.update(b"\0inventory\0")
         digest.update(read_bytes(inv_path))
     digest.update(f"\0host\0{limit}".encode())
+    for item in overrides:
+        digest.update(f"\0set\0{item}".encode())
     return Desired(host=limit, state_file=state_display, inventory_file=inv_display if inv_path else None,
                    data=data, sources_sha="sha256:" + digest.hexdigest(),
                    warnings=tuple(inventory.warnings), state_path=os.path.abspath(state_path),
-                   inventory_path=os.path.abspath(inv_path) if inv_path else "")
+                   inventory_path=os.path.abspath(inv_path) if inv_path else "", overrides=tuple(overrides))
 
 
 def _merge_overrides(doc: Located, overrides: dict, origins: dict, prefix: tuple = ()) -> None:

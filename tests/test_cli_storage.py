@@ -371,3 +371,67 @@ def test_installed_package_works_from_any_directory(tmp_path):
     proc = subprocess.run([str(venv / "bin/sglprep"), "render", "prometheus.yml"], cwd=elsewhere, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "job_name: sglang" in proc.stdout
+
+
+def _apply_on_a_terminal(host: Path, answer: str) -> tuple[int, str]:
+    """Run `apply` with stdin and stdout on a pseudo-terminal, type `answer`."""
+    import select
+
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID")}
+    env.update(NO_COLOR="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "reconcile", "-f", "s.yaml", "apply"], cwd=host, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out, sent = b"", False
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if not sent and b"Enter a value:" in out:
+            os.write(master, answer.encode() + b"\n")
+            sent = True
+        if proc.poll() is not None and not ready:
+            break
+    proc.wait(10)
+    os.close(master)
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_apply_on_a_terminal_asks_and_only_yes_proceeds(host):
+    code, out = _apply_on_a_terminal(host, "no")
+    assert "Do you want to perform these actions?" in out and "Only 'yes' will be accepted" in out
+    assert code == 1 and "Apply cancelled." in out
+    assert not root_of(host).exists() or not any(root_of(host).iterdir())
+    code, out = _apply_on_a_terminal(host, "yes")
+    assert code == 0, out
+    assert "Apply complete" in out and (root_of(host) / "models").is_dir()
+    # without a terminal (cron, Ansible, pipes) or with --auto-approve, nothing is asked
+    (root_of(host) / "models").rmdir()
+    proc = sglprep("-f", "s.yaml", "apply", cwd=host)
+    assert proc.returncode == 0 and "Do you want" not in proc.stdout
+
+
+def test_set_overrides_a_state_key_for_one_run(host):
+    proc = sglprep("-f", "s.yaml", "plan", "-e", "storage.min_free_gib=0", "--set", "tp=2", cwd=host)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith(" · -e storage.min_free_gib=0 · -e tp=2")
+    doc = json.loads(sglprep("-f", "s.yaml", "-e", "tp=2", "plan", "--json", cwd=host).stdout)
+    assert doc["overrides"] == ["tp=2"]
+    shown = json.loads(sglprep("-f", "s.yaml", "-e", "tp=2", "-e", "caches.flashinfer=rebuild", "validate", "--json",
+                               cwd=host).stdout)
+    assert shown["desired"]["tp"] == 2 and shown["desired"]["caches"]["flashinfer"]["mode"] == "rebuild"
+    bad = sglprep("-f", "s.yaml", "plan", "-e", "tp=two", cwd=host)
+    assert bad.returncode == 1 and bad.stderr.strip() == "sglprep: error: -e tp=two: tp: must be an integer, got 'two'"
+    # a saved plan is bound to its overrides: applied without them, it is stale
+    saved = host / "p.json"
+    assert sglprep("-f", "s.yaml", "plan", "-e", "tp=2", "-o", str(saved), cwd=host).returncode == 0
+    assert sglprep("-f", "s.yaml", "apply", str(saved), cwd=host).returncode == 3
+    assert sglprep("-f", "s.yaml", "-e", "tp=2", "apply", str(saved), cwd=host).returncode == 0

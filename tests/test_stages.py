@@ -180,6 +180,9 @@ def test_first_apply_primes_every_ensured_stage_second_is_noop(rig):
     proc = rig.run("apply")
     assert proc.returncode == 0 and "Apply complete: nothing to do." in proc.stdout
     assert len(rig.launches()) == before
+    # a converged apply still ends with the RESULT lines, pointing at the last prep result
+    assert proc.stdout.splitlines()[-2] == f"RESULT_JSON {path}"
+    assert proc.stdout.splitlines()[-1] == "RESULT_STATUS ok deep_gemm:noop moe_tune:skipped flashinfer:noop inductor:noop"
 
 
 def test_changing_one_setting_reruns_exactly_the_stages_that_hold_it(rig):

@@ -134,9 +134,11 @@ class StagesExecutor:
     def run_dir(self) -> str:
         return self.ctx.path(f"telemetry/container_runs/{self.run_id}")
 
-    def finish(self) -> tuple[str, str, int]:
+    def finish(self, write: bool = True) -> tuple[str, str, int]:
         """Stage files for the stages that did not run, then the aggregate.
-        Returns (prep_result path, RESULT_STATUS line, exit code of the first failing stage or 0)."""
+        Returns (prep_result path, RESULT_STATUS line, exit code of the first
+        failing stage or 0). `write=False`: the run's directory cannot be
+        used; the verdict is still computed (and printed), no file written."""
         from ..journal import write_run_file
 
         names = list(self.stages)
@@ -144,11 +146,12 @@ class StagesExecutor:
             if name in self.outcomes:
                 continue
             self.outcomes[name] = self.unfinished(name)
-            self._write_stage(name, self.outcomes[name])
+            if write:
+                self._write_stage(name, self.outcomes[name])
         doc = self.prep_result()
         path = ""
         try:
-            if self._run_dir_usable():
+            if write and self._run_dir_usable():
                 with as_owner(self.ctx.owner.uid, self.ctx.owner.gid):
                     path = write_run_file(self.run_dir, "prep_result.json", doc)
         except OSError as exc:  # the stage files stay the source of truth
