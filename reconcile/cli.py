@@ -71,15 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-approve", action="store_true",
                    help="do not ask before applying (also implied when stdin is not a terminal: cron, Ansible)")
 
+    from .stages.caches import CACHES
+
     p = sub.add_parser("inspect", help="snapshot of the kernel caches (the seeds' `caches inspect`)")
     _global_options(p, suppress=True)
-    p.add_argument("--sizes", action="store_true", help="also count files, bytes and the newest mtime (one walk)")
-
-    from .stages.caches import CACHES
+    p.add_argument("--sizes", action="store_true", help="also count files, bytes, the newest files (one walk)")
+    p.add_argument("--cache", nargs="+", action="extend", choices=list(CACHES), metavar="NAME",
+                   help=f"only these caches, walked for sizes and newest files: {', '.join(CACHES)}")
 
     p = sub.add_parser("reset", help="delete cache entries (shows them first; --dry-run stops there)")
     _global_options(p, suppress=True)
-    p.add_argument("--cache", nargs="+", choices=list(CACHES), metavar="NAME",
+    p.add_argument("--cache", nargs="+", action="extend", choices=list(CACHES), metavar="NAME",
                    help=f"caches to reset: {', '.join(CACHES)} (default: all)")
     p.add_argument("--match-slug", metavar="PREFIX", help="only entries whose name starts with PREFIX (model slugs)")
     p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries whose newest file is older")
@@ -390,7 +392,7 @@ def cmd_inspect(args) -> int:
     facts = HostFacts()
     plan = build_plan(desired, facts)
     snapshot = cache_snapshot(plan, facts, resolve_context(desired, facts), desired.data, desired.model_slug,
-                              args.sizes)
+                              args.sizes, args.cache)
     if args.json:
         _emit_json(snapshot)
     else:

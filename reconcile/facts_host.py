@@ -128,8 +128,17 @@ class TreeStats(NamedTuple):
 def tree_stats(path: str) -> TreeStats:
     """Files, bytes and newest mtime under `path`: one os.scandir walk, no
     symlinks followed."""
+    return tree_scan(path)[0]
+
+
+def tree_scan(path: str, keep_newest: int = 0) -> tuple:
+    """(TreeStats, the `keep_newest` newest files as (mtime, path, size),
+    newest first): one walk."""
+    import heapq
+
     count = size = 0
     newest = 0.0
+    heap: list = []
     stack = [path]
     while stack:
         try:
@@ -148,7 +157,13 @@ def tree_stats(path: str) -> TreeStats:
                 count += 1
                 size += st.st_size
                 newest = max(newest, st.st_mtime)
-    return TreeStats(count, size, newest)
+                if keep_newest:
+                    item = (st.st_mtime, entry.path, st.st_size)
+                    if len(heap) < keep_newest:
+                        heapq.heappush(heap, item)
+                    elif item > heap[0]:
+                        heapq.heapreplace(heap, item)
+    return TreeStats(count, size, newest), sorted(heap, reverse=True)
 
 
 class PortFact(NamedTuple):

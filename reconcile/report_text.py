@@ -143,6 +143,15 @@ def render_inspect(snapshot: dict, host: str, w: Writer) -> None:
                      "yes" if e["partial"] else "no", "-" if e["file_count"] is None else str(e["file_count"]),
                      _size(e["size_bytes"]), e["latest_mtime_iso"] or "-", e["reason"]))
     w.line((f"sglprep inspect · {host}", "bold"))
+    _render_table(rows, w)
+    for name, e in snapshot.items():
+        if name != "schema_version" and e.get("newest_files"):
+            w.line((f"  newest in {name}:", "bold"))
+            for f in e["newest_files"]:
+                w.line((f"    {f['mtime_iso']}  {_size(f['size_bytes']):>9}  {f['path']}", "dim"))
+
+
+def _render_table(rows: list, w: Writer) -> None:
     if w.color:
         from rich.table import Table
 

@@ -175,6 +175,14 @@ def test_inspect_snapshot_shape_and_sizes(rig):  # noqa: F811
     assert snap["partial"] and not snap["valid"] and snap["partial_info"]["owner_pid"] == 999999
     table = rig.run("inspect").stdout
     assert re.search(r"flashinfer\s+yes\s+no\s+yes", table), table
+    # one cache, walked: its newest files are listed
+    one = json.loads(rig.run("inspect", "--json", "--cache", "flashinfer").stdout)
+    assert set(one) == {"schema_version", "flashinfer"}
+    newest = one["flashinfer"]["newest_files"]
+    assert 0 < len(newest) <= 5 and newest[0]["path"].startswith("profiles/flashinfer/")
+    assert newest == sorted(newest, key=lambda f: f["mtime_iso"], reverse=True)
+    text = rig.run("inspect", "--cache", "flashinfer", "--cache", "deep_gemm").stdout
+    assert "newest in flashinfer:" in text and "deep_gemm" in text and "triton" not in text
 
 
 def test_reset_shows_filters_deletes_and_logs(rig):  # noqa: F811

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import NamedTuple
 
 from ..context import Context
-from ..facts_host import tree_stats
+from ..facts_host import tree_scan, tree_stats
 from ..plan_model import Plan
 from ..state_layout import marker_path
 from . import catalog
@@ -23,13 +23,21 @@ def iso(epoch: float) -> str | None:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else None
 
 
-def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes: bool) -> dict:
+NEWEST = 5  # files listed per cache
+
+
+def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes: bool,
+                   caches: list | None = None) -> dict:
     """`{"schema_version": "1", <cache>: {exists, partial, partial_info, valid,
-    reason, path, size_bytes, file_count, latest_mtime_iso, signature}}`.
-    Sizes (one scandir walk per cache) only when asked."""
+    reason, path, size_bytes, file_count, latest_mtime_iso, newest_files,
+    signature}}` for every cache, or those in `caches`. A cache is walked
+    (sizes, counts and its newest files) only when asked: `sizes`, or named
+    in `caches`."""
     out: dict = {"schema_version": "1"}
     stages = {s.name: s for s in catalog.stages(data)}
     for name, (rel, stage) in CACHES.items():
+        if caches and name not in caches:
+            continue
         path = ctx.path(rel)
         exists = facts.directory(path).kind == "dir"
         marker = facts.lock_file(stage, ctx.path(marker_path(stage)))
@@ -52,11 +60,13 @@ def cache_snapshot(plan: Plan, facts, ctx: Context, data: dict, slug: str, sizes
         entry = {"exists": exists, "partial": partial,
                  "partial_info": {"owner_pid": marker.owner_pid, "started_at": marker.started_at} if partial else None,
                  "valid": valid, "reason": reason, "path": path, "stage": stage,
-                 "size_bytes": None, "file_count": None, "latest_mtime_iso": None,
+                 "size_bytes": None, "file_count": None, "latest_mtime_iso": None, "newest_files": None,
                  "signature": sig.signature if sig.kind == "ok" else None}
-        if sizes and exists:
-            stats = tree_stats(path)
-            entry.update(size_bytes=stats.bytes, file_count=stats.files, latest_mtime_iso=iso(stats.newest_mtime))
+        if (sizes or caches) and exists:
+            stats, newest = tree_scan(path, NEWEST)
+            entry.update(size_bytes=stats.bytes, file_count=stats.files, latest_mtime_iso=iso(stats.newest_mtime),
+                         newest_files=[{"path": os.path.relpath(p, ctx.root), "size_bytes": size,
+                                        "mtime_iso": iso(mtime)} for mtime, p, size in newest])
         out[name] = entry
     return out
 
