@@ -303,6 +303,12 @@ def _replan(plan: Plan, desired: Desired, facts, only, saved: bool, done: list, 
     return plan, rest
 
 
+def _iso(epoch: float) -> str | None:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else None
+
+
 def _converged_result(plan: Plan, desired: Desired, ctx: Context, facts) -> tuple[str, str]:
     """The RESULT lines of an apply with nothing to do: every stage as the
     plan found it (noop or skipped), and the last prep_result.json written
@@ -347,6 +353,7 @@ def _record_apply(desired: Desired, ctx: Context, report: ApplyReport, facts) ->
            "state_file": desired.state_file, "sources_sha": desired.sources_sha, "exit_code": report.exit_code,
            "desired": redact(desired.data), "intents": plan_intents(after),
            "result_json": report.result_json or record_result,
+           "last_success_at": report.finished_at if report.exit_code == 0 else _iso(previous.last_success_at),
            "facts": {c.address: c.observed for c in after.changes}}
     try:
         with as_owner(ctx.owner.uid, ctx.owner.gid):

@@ -117,6 +117,8 @@ class LastApplyFact(NamedTuple):
     applied_at: float = 0.0
     intents: dict = {}  # address -> intent (the desired side of each resource)
     result_json: str = ""  # the last prep_result.json an apply wrote
+    exit_code: int | None = None  # the last apply's exit code
+    last_success_at: float = 0.0  # the last apply that exited 0
 
 
 class TreeStats(NamedTuple):
@@ -478,7 +480,9 @@ class HostFacts:
             try:
                 return LastApplyFact(kind="ok", applied_at=float(parse_iso(str(data.get("applied_at", ""))) or 0.0),
                                      intents=dict(data.get("intents") or {}),
-                                     result_json=str(data.get("result_json") or ""))
+                                     result_json=str(data.get("result_json") or ""),
+                                     exit_code=data["exit_code"] if isinstance(data.get("exit_code"), int) else None,
+                                     last_success_at=float(parse_iso(str(data.get("last_success_at", ""))) or 0.0))
             except (ValueError, TypeError, AttributeError):
                 return LastApplyFact(kind="unparseable")
         return self._cached(("last_apply", path), compute)

@@ -244,4 +244,6 @@ def build_plan(desired: Desired, facts: HostFacts, own_pid: int | None = None, v
         warnings.extend(change.warnings)
     return Plan(host=desired.host, state_file=desired.state_file, changes=changes, warnings=warnings,
                 overrides=desired.overrides,
+                last_apply_exit_code=record.exit_code if record.kind == "ok" else None,
+                last_success_at=record.last_success_at if record.kind == "ok" and record.last_success_at else None,
                 fingerprint_parts=parts, last_apply_at=record.applied_at if record.kind == "ok" else None)

@@ -115,8 +115,11 @@ class Plan:
 
     def __init__(self, host: str, state_file: str, fingerprint: str | None = None, changes: list | None = None,
                  warnings: list | None = None, fingerprint_parts: list | None = None,
-                 last_apply_at: float | None = None, overrides: tuple = ()):
+                 last_apply_at: float | None = None, overrides: tuple = (), last_apply_exit_code: int | None = None,
+                 last_success_at: float | None = None):
         self.host, self.state_file = host, state_file
+        self.last_apply_exit_code = last_apply_exit_code  # of the last apply's record, None without one
+        self.last_success_at = last_success_at  # epoch of the last apply that exited 0
         self.overrides = tuple(overrides)  # -e/--set KEY=VALUE given for this run
         self.last_apply_at = last_apply_at  # epoch of the last apply's record, None when there is none
         self._fingerprint = fingerprint

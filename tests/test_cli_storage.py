@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import re
 import shutil
 import subprocess
@@ -310,13 +311,13 @@ def test_textfile_metrics_parse_and_are_atomic(host):
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for fam in text_string_to_metric_families(path.read_text()) for s in fam.samples}
     assert samples[("sglprep_drift_changes", (("action", "create"), ("cause", "intentional"),
-                                              ("host", "localhost")))] == 17
+                                              ("host", socket.gethostname())))] == 17
     assert samples[("sglprep_drift_changes", (("action", "create"), ("cause", "corrective"),
-                                              ("host", "localhost")))] == 0
+                                              ("host", socket.gethostname())))] == 0
     assert samples[("sglprep_drift_changes", (("action", "blocked"), ("cause", "corrective"),
-                                              ("host", "localhost")))] == 0
-    assert samples[("sglprep_plan_success", (("host", "localhost"),))] == 1
-    assert abs(samples[("sglprep_last_plan_timestamp_seconds", (("host", "localhost"),))] - time.time()) < 60
+                                              ("host", socket.gethostname())))] == 0
+    assert samples[("sglprep_plan_success", (("host", socket.gethostname()),))] == 1
+    assert abs(samples[("sglprep_last_plan_timestamp_seconds", (("host", socket.gethostname()),))] - time.time()) < 60
 
 
 def test_json_plan_is_the_only_stdout(host):

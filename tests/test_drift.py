@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import re
 import shlex
 import shutil
@@ -59,22 +60,25 @@ def test_cron_like_runs_give_exit_codes_and_parseable_metrics(host):  # noqa: F8
     proc = cron_run(path, command, Path("/"))
     assert proc.returncode == 2, proc.stdout + proc.stderr  # an empty root: drift
     metrics = parse_metrics(textfile.read_text())
-    assert metrics[("sglprep_plan_success", (("host", "localhost"),))] == 1
+    assert metrics[("sglprep_plan_success", (("host", socket.gethostname()),))] == 1
     assert metrics[("sglprep_drift_changes", (("action", "create"), ("cause", "intentional"),
-                                              ("host", "localhost")))] == 17
+                                              ("host", socket.gethostname())))] == 17
 
     assert sglprep("-f", "s.yaml", "apply", cwd=host).returncode == 0
     proc = cron_run(path, command, Path("/"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     metrics = parse_metrics(textfile.read_text())
     assert sum(v for (name, _), v in metrics.items() if name == "sglprep_drift_changes") == 0
-    assert abs(metrics[("sglprep_last_apply_timestamp_seconds", (("host", "localhost"),))] - time.time()) < 120
+    assert abs(metrics[("sglprep_last_apply_timestamp_seconds", (("host", socket.gethostname()),))] - time.time()) < 120
+    assert metrics[("sglprep_apply_last_exit_code", (("host", socket.gethostname()),))] == 0
+    success = metrics[("sglprep_apply_last_success_timestamp_seconds", (("host", socket.gethostname()),))]
+    assert abs(success - time.time()) < 120
 
     state = host / "s.yaml"
     state.write_text(state.read_text() + "tp: zero\n")
     proc = cron_run(path, command, Path("/"))
     assert proc.returncode == 1
-    assert parse_metrics(textfile.read_text())[("sglprep_plan_success", (("host", "localhost"),))] == 0
+    assert parse_metrics(textfile.read_text())[("sglprep_plan_success", (("host", socket.gethostname()),))] == 0
 
     # the plan itself, as cron runs it but with its output kept: plain text, no control codes
     state.write_text(state.read_text().replace("tp: zero\n", ""))
@@ -141,9 +145,9 @@ def test_drift_is_corrective_or_intentional(host):  # noqa: F811
     sglprep("-f", "s.yaml", "plan", "--textfile", str(textfile), cwd=host)
     metrics = parse_metrics(textfile.read_text())
     assert metrics[("sglprep_drift_changes", (("action", "create"), ("cause", "corrective"),
-                                              ("host", "localhost")))] == 1
+                                              ("host", socket.gethostname())))] == 1
     assert metrics[("sglprep_drift_changes", (("action", "update"), ("cause", "intentional"),
-                                              ("host", "localhost")))] == 1
+                                              ("host", socket.gethostname())))] == 1
 
     # after the next apply, both are part of the record: nothing is left to classify
     assert sglprep("-f", "s.yaml", "apply", cwd=host).returncode == 0

@@ -216,7 +216,7 @@ def test_cli_bad_input_exit_1_no_traceback_nothing_written(tmp_path, case):
     # with --textfile, cron still learns that the plan failed
     proc = run_cli("-f", "s.yaml", "plan", "--textfile", str(textfile), cwd=tmp_path)
     assert proc.returncode == 1
-    assert 'sglprep_plan_success{host="localhost"} 0' in textfile.read_text()
+    assert f'sglprep_plan_success{{host="{__import__("socket").gethostname()}"}} 0.0' in textfile.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.prom", "s.yaml"]
 
 
