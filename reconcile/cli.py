@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-calendar", default="*-*-* 03:17:00", help="systemd timer OnCalendar= (default nightly)")
     p.add_argument("--randomized-delay", type=int, default=900, metavar="SECONDS",
                    help="systemd timer RandomizedDelaySec= (default 900)")
-    p.add_argument("--user", help="crontab/systemd: the user the plan runs as (default: the invoking user)")
+    p.add_argument("--user", help="crontab/systemd: the user the plan runs as (default: the storage owner when "
+                   "storage.owner is UID:GID, else the invoking user)")
+    p.add_argument("--cron-format", choices=("system", "user"), default="system",
+                   help="crontab: a system line with a user field (/etc/cron.d, default) or a user crontab line")
     return parser
 
 
@@ -352,10 +355,12 @@ def cmd_render(args) -> int:
                              "init-run.sh is rendered only for runtime.kind: docker with entrypoint: sglprep")
         sys.stdout.write(found[0].render())
         return EXIT_OK
-    import getpass
+    from .state_templates import schedule_problem
 
-    context = schedule_context(desired, _self_argv(), args.user or getpass.getuser(), args.textfile,
-                               args.schedule, args.on_calendar, args.randomized_delay)
+    if args.template == "crontab" and (problem := schedule_problem(args.schedule)):
+        raise InputError(None, None, "--schedule", problem)
+    context = schedule_context(desired, _self_argv(), args.user or _run_as(desired), args.textfile,
+                               args.schedule, args.on_calendar, args.randomized_delay, args.cron_format)
     if args.template == "crontab":
         sys.stdout.write(render_template("crontab.j2", context))
     elif args.template == "systemd":
@@ -364,6 +369,23 @@ def cmd_render(args) -> int:
     else:
         sys.stdout.write(render_template(f"{args.template}.j2", context))
     return EXIT_OK
+
+
+def _run_as(desired) -> str:
+    """Who the scheduled plan runs as: the storage owner when the state names
+    one (by name where the system knows it), else the invoking user."""
+    import getpass
+
+    owner = desired.data["storage"]["owner"]
+    if owner != "auto":
+        import pwd
+
+        uid = int(owner.split(":", 1)[0])
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return str(uid)
+    return getpass.getuser()
 
 
 def _self_argv() -> list:

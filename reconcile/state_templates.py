@@ -85,8 +85,40 @@ def systemd_quote(value) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+CRON_NAMES = {3: ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+              4: ("sun", "mon", "tue", "wed", "thu", "fri", "sat")}
+CRON_MACROS = ("@reboot", "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+
+
+def schedule_problem(schedule: str) -> str:
+    """Why cron would not accept `schedule` ("" = it would): five fields of
+    numbers, names, ranges, steps, lists and *, or one @macro."""
+    import re
+
+    if schedule.strip() in CRON_MACROS:
+        return ""
+    fields = schedule.split()
+    if len(fields) != 5:
+        return f"a cron schedule has 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+    for i, (field, (name, low, high)) in enumerate(zip(fields, CRON_FIELDS)):
+        names = CRON_NAMES.get(i, ())
+        for part in field.split(","):
+            m = re.fullmatch(r"(\*|[0-9a-z]+(?:-[0-9a-z]+)?)(?:/([0-9]+))?", part.lower())
+            if not m or (m.group(2) is not None and int(m.group(2)) == 0):
+                return f"{name} field {field!r} is not cron syntax"
+            if m.group(1) == "*":
+                continue
+            for value in m.group(1).split("-"):
+                number = names.index(value) + (1 if i == 3 else 0) if value in names else (
+                    int(value) if value.isdigit() else None)
+                if number is None or not low <= number <= high:
+                    return f"{name} field {field!r}: {value!r} is not within {low}-{high}"
+    return ""
+
+
 def schedule_context(desired: Desired, sglprep_argv: list, user: str, textfile: str, schedule: str,
-                     on_calendar: str, randomized_delay_s: int) -> dict:
+                     on_calendar: str, randomized_delay_s: int, cron_format: str = "system") -> dict:
     """Context of the crontab and systemd templates."""
     import os
 
@@ -99,7 +131,8 @@ def schedule_context(desired: Desired, sglprep_argv: list, user: str, textfile: 
         "inventory": desired.inventory_path,  # "" when none was read: the entry names none either
         "sglprep_argv": sglprep_argv,
         "user": user,
-        "cron_user": f"{user} ",
+        "cron_format": cron_format,
+        "cron_user": f"{user} " if cron_format == "system" else "",
         "textfile": textfile,
         "schedule": schedule,
         "on_calendar": on_calendar,

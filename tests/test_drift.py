@@ -231,3 +231,28 @@ def test_reset_refuses_while_a_stage_lock_is_live(rig):  # noqa: F811
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_crontab_formats_schedule_validation_and_systemd_user(host):  # noqa: F811
+    system = sglprep("-f", "s.yaml", "render", "crontab", "--user", "alice", cwd=host).stdout
+    assert "save it as /etc/cron.d/sglprep" in system
+    entry = next(ln for ln in system.splitlines() if re.match(r"^[0-9*@]", ln))
+    assert entry.split(None, 6)[5] == "alice"
+    user = sglprep("-f", "s.yaml", "render", "crontab", "--user", "alice", "--cron-format", "user", cwd=host).stdout
+    assert "crontab -u alice -e" in user and "/etc/cron.d" not in user
+    entry = next(ln for ln in user.splitlines() if re.match(r"^[0-9*@]", ln))
+    assert entry.split(None, 5)[5].startswith("flock -n ")  # no user field in a user crontab
+    for bad, why in (("61 3 * * *", "minute field '61'"), ("* * *", "has 5 fields"), ("*/0 * * * *", "not cron"),
+                     ("0 0 * foo *", "month field 'foo'")):
+        proc = sglprep("-f", "s.yaml", "render", "crontab", "--schedule", bad, cwd=host)
+        assert proc.returncode == 1 and why in proc.stderr, (bad, proc.stderr)
+    ok = sglprep("-f", "s.yaml", "render", "crontab", "--schedule", "*/15 1-5 * jan-mar mon,fri", cwd=host)
+    assert ok.returncode == 0
+    assert sglprep("-f", "s.yaml", "render", "crontab", "--schedule", "@daily", cwd=host).returncode == 0
+    # the systemd service runs as the storage owner the state names
+    state = host / "s.yaml"
+    state.write_text(state.read_text().replace("storage:\n", 'storage:\n  owner: "4343:4343"\n', 1)
+                     if 'owner: "' not in state.read_text() else state.read_text().replace(
+                         state.read_text().split('owner: "', 1)[1].split('"', 1)[0], "4343:4343", 1))
+    unit = sglprep("-f", "s.yaml", "render", "sglprep-plan.service", cwd=host).stdout
+    assert "\nUser=4343\n" in unit
