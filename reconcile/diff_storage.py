@@ -93,7 +93,9 @@ def diff_free_disk(disk: DiskFact, min_free_gib: float) -> Change:
 
 # ----------------------------------------------------------------- directories
 
-def diff_directory(rel: str, fact: DirFact, owner: Owner, ownership: str) -> Change:
+def diff_directory(rel: str, fact: DirFact, owner: Owner, ownership: str, read_only: bool = False) -> Change:
+    """`read_only`: sglprep never writes into it (models/): with `ownership:
+    ignore`, any owner and mode that lets the owner read it is fine."""
     address = f"directory:{rel}"
     parent = parent_dir(rel)
     depends = (f"directory:{parent}",) if parent else ("check:storage_owner",)
@@ -112,6 +114,16 @@ def diff_directory(rel: str, fact: DirFact, owner: Owner, ownership: str) -> Cha
                       f"{fact.path} exists and is not a directory → move it away",
                       depends_on=depends, before=before, after=after, observed=observed)
     mismatch = (fact.uid, fact.gid) != (owner.uid, owner.gid)
+    if read_only and ownership == "ignore" and (mismatch or not fact.writable_by(owner.uid, owner.gid)):
+        if not fact.searchable_by(owner.uid, owner.gid):
+            return Change(address, "blocked", "permissions_unexpected",
+                          f"{fact.path} ({before['owner']} mode {before['mode']}) cannot be read by {owner.spec} → "
+                          f"let {owner.spec} read it", depends_on=depends, before=before, after=after,
+                          observed=observed)
+        return Change(address, "noop", "read_only_ok",
+                      f"owner {before['owner']} mode {before['mode']}: fine, sglprep only reads it "
+                      f"(ownership: ignore)", depends_on=depends, before=before, after=after, observed=observed,
+                      warnings=(f"{fact.path} is {before['owner']} mode {before['mode']}: sglprep only reads it",))
     if mismatch and (ownership == "fail" or not fact.writable_by(owner.uid, owner.gid)):
         return Change(address, "blocked", "owner_mismatch",
                       f"owner {before['owner']}, want {owner.spec} → {_chown_fix(owner, fact.path)}",

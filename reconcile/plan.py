@@ -22,7 +22,8 @@ from .plan_model import Change, Plan
 from .stages import catalog
 from .stages.plan import runtime_facts, stage_changes
 from .state_container import config_hash, container_config
-from .state_layout import DIRECTORIES, INIT_SCRIPT, LAST_APPLY, LOCKS_DIR, MARKERS_DIR, POINTER, lock_path, marker_path
+from .state_layout import (DIRECTORIES, INIT_SCRIPT, LAST_APPLY, LOCKS_DIR, MARKERS_DIR, POINTER, READ_ONLY_DIRS,
+                           lock_path, marker_path)
 from .state_load import Desired
 from .state_templates import desired_files
 
@@ -129,7 +130,8 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
     if address == "check:free_disk":
         return diff_free_disk(facts.free_disk(ctx.root), storage["min_free_gib"])
     if kind == "directory":
-        return diff_directory(name, facts.directory(ctx.path(name)), ctx.owner, storage["ownership"])
+        return diff_directory(name, facts.directory(ctx.path(name)), ctx.owner, storage["ownership"],
+                              read_only=name in READ_ONLY_DIRS)
     if kind == "file":
         want = {f.rel: f for f in desired_files(desired)}[name]
         change = diff_file(want, facts.file(ctx.path(name)), ctx.owner)

@@ -27,6 +27,11 @@ DIRECTORIES: tuple[str, ...] = (
     "huggingface",
 )
 
+# Directories sglprep creates but never writes into: the model store (often
+# NFS or a shared, root-owned, read-only tree). With `ownership: ignore`,
+# another owner or no write permission there is fine.
+READ_ONLY_DIRS: tuple[str, ...] = ("models",)
+
 LOCKS_DIR = "profiles/.locks"
 MARKERS_DIR = "profiles/.in_progress"
 POINTER = "telemetry/container_run_meta.env"

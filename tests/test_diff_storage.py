@@ -327,3 +327,17 @@ def test_flashinfer_cache_problem_variants():
     unknown = ok._replace(ninja="unknown")
     assert flashinfer_cache_problem((unknown,), sources_mtime=50.0) == ""
     assert flashinfer_cache_problem((unknown,), sources_mtime=200.0).startswith("sources newer than the build")
+
+
+def test_read_only_models_dir_with_ownership_ignore():
+    """A root-owned, read-only models/ (NFS, a shared model store) is normal
+    when sglprep only reads it: with ownership: ignore it never blocks."""
+    ro = DirFact(path="/srv/sgl/models", kind="dir", uid=0, gid=0, mode=0o755)
+    change = diff_directory("models", ro, OWNER, "ignore", read_only=True)
+    assert (change.action, change.reason) == ("noop", "read_only_ok")
+    assert change.message == "owner 0:0 mode 0755: fine, sglprep only reads it (ownership: ignore)"
+    assert change.warnings
+    assert diff_directory("models", ro, OWNER, "fail", read_only=True).action == "blocked"
+    assert diff_directory("profiles", ro._replace(path="/srv/sgl/profiles"), OWNER, "ignore").action == "blocked"
+    closed = ro._replace(mode=0o700)
+    assert diff_directory("models", closed, OWNER, "ignore", read_only=True).reason == "permissions_unexpected"
