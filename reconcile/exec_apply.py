@@ -104,6 +104,13 @@ def _bootstrap_addresses() -> list[str]:
     return ["check:storage_owner"] + chain[::-1]
 
 
+# A stage stopped by one of these (found at plan time, e.g. a busy port) is
+# an error of that type with the stage's exit code, as the seeds' stages
+# report it, not a bare "dependency failed".
+STAGE_ERRORS = {"port_busy": "port_busy", "insufficient_disk": "insufficient_disk",
+                "permissions_unexpected": "permissions_unexpected", "owner_mismatch": "permissions_unexpected",
+                "symlink": "permissions_unexpected", "not_a_directory": "permissions_unexpected"}
+
 STORAGE_TYPES = ("check", "directory", "file", "lock", "marker", "pointer", "port", "tempfiles", "orphans")
 
 
@@ -171,6 +178,7 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
     log = SessionLog(ctx.path(f"{LOGS_DIR}/sglprep-{report.run_id}.log"), scrub)
     wants_stages = any(c.type == "stage" for c in todo)
     status: dict = {}
+    cause: dict = {}  # address -> the error type at the root of its failure (through skipped dependencies)
 
     def make_stages() -> StagesExecutor:
         nonlocal log
@@ -188,14 +196,22 @@ def apply_plan(plan: Plan, desired: Desired, ctx: Context, *, only: list | None 
     def run(change) -> None:
         failed_dep = next((d for d in change.depends_on if status.get(d) in (FAILED, SKIPPED)), None)
         if failed_dep:
-            result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
-            if change.type == "stage":
-                stages.get().skip(change, result.message)
+            cause[change.address] = cause.get(failed_dep, "")
+            stage_error = STAGE_ERRORS.get(cause[change.address]) if change.type == "stage" else None
+            if stage_error:  # the seeds' outcome: the stage fails with what stopped it, and its exit code
+                message = f"{failed_dep}: {next((r.message for r in report.results if r.address == failed_dep), '')}"
+                result = stages.get().fail(change, stage_error, message)
+            else:
+                result = Result(change.address, change.action, SKIPPED, f"dependency failed: {failed_dep}")
+                if change.type == "stage":
+                    stages.get().skip(change, result.message)
         elif change.type == "stage" and not (stages.get() and _open_log(log, ctx, report)):
             result = Result(change.address, change.action, FAILED, "cannot open the session log",
                             "permissions_unexpected")
         else:
             result = executors[change.type].execute(change)
+            if result.status == FAILED:
+                cause[change.address] = result.error_type
         status[change.address] = result.status
         report.results.append(result)
 

@@ -282,9 +282,24 @@ def test_busy_port_blocks_warmups_and_names_the_holder(rig):
         assert proc.returncode == 1
         assert re.search(rf"! port\s+{rig.port}\s+blocked: port_busy: held by pid {os.getpid()}", proc.stdout)
         proc = rig.run("apply")
-        assert proc.returncode == 1, proc.stdout
+        # the seeds' outcome: each server stage fails port_busy, the run exits with the first one's code
+        assert proc.returncode == 10, proc.stdout
         assert rig.launches() == []
-        assert re.search(r"skipped\s+stage:flashinfer\s+dependency failed: port:", proc.stdout)
+        assert re.search(rf"failed\s+stage:flashinfer\s+port:{rig.port}: blocked: port_busy: held by pid", proc.stdout)
+        assert proc.stdout.splitlines()[-1] == ("RESULT_STATUS error deep_gemm:error moe_tune:skipped "
+                                                "flashinfer:error inductor:error")
+        _, result = rig.prep_result(proc)
+        assert {result["stages"][s]["error_type"] for s in ("deep_gemm", "flashinfer", "inductor")} == {"port_busy"}
+        assert result["stages"]["deep_gemm"]["status_code"] == 10
+
+
+def test_low_disk_found_by_plan_is_the_stages_insufficient_disk(rig):
+    rig.write(storage={"min_free_gib": 1e9}, caches={"flashinfer": "skip", "inductor": "skip"})
+    proc = rig.run("apply")
+    assert proc.returncode == 10, proc.stdout
+    _, result = rig.prep_result(proc)
+    assert result["stages"]["deep_gemm"]["error_type"] == "insufficient_disk"
+    assert "free space there or lower storage.min_free_gib" in result["stages"]["deep_gemm"]["errors"][0]["message"]
 
 
 def test_flags_the_installed_sglang_rejects_block_before_any_launch(rig):

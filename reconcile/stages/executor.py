@@ -90,6 +90,18 @@ class StagesExecutor:
         message = outcome.errors[-1]["message"] if outcome.errors else "failed"
         return Result(change.address, change.action, FAILED, message, outcome.error_type or "")
 
+    def fail(self, change, error_type: str, message: str) -> Result:
+        """The stage could not start for a reason found before it (a busy
+        port, a full disk, a directory it cannot write): an error of that
+        type, with its exit code."""
+        stage = self.stages.get(change.name)
+        outcome = StageOutcome(stage=change.name, status="error", ran=False, error_type=error_type,
+                               exit_code=stage.exit_code if stage else 14,
+                               errors=[{"error_type": error_type, "message": message}])
+        self.outcomes[change.name] = outcome
+        self._write_stage(change.name, outcome)
+        return Result(change.address, change.action, FAILED, message, error_type)
+
     def skip(self, change, why: str, error_type: str = "dependency_failed") -> None:
         self.outcomes[change.name] = StageOutcome(stage=change.name, status="skipped", ran=False, reason=why,
                                                   errors=[{"error_type": error_type, "message": why}])
