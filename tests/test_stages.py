@@ -151,6 +151,10 @@ def test_first_apply_primes_every_ensured_stage_second_is_noop(rig):
         assert json.loads(stage_file.read_text()) == result["stages"][stage]
     fi = result["stages"]["flashinfer"]
     assert fi["status"] == "ok" and fi["ran"] and fi["status_code"] == 0
+    for stage in ("deep_gemm", "flashinfer", "inductor"):
+        arts = result["stages"][stage]["artifacts"]
+        assert arts["files_delta"] > 0 and arts["disk_delta_bytes"] > 0, stage
+    assert fi["artifacts"]["warmup_pid"] == rig.launches()[1]["pid"]
     assert fi["artifacts"]["cleanup"]["killed"] is True
     assert fi["artifacts"]["metrics_delta"] == {"sglang:prompt_tokens_total": 4.0}
     assert "--enable-metrics" in fi["artifacts"]["argv"] and "--attention-backend" in fi["artifacts"]["argv"]
@@ -646,6 +650,11 @@ def test_moe_tune_writes_configs_and_verifies_they_are_used(tmp_path):
         assert sorted(tuned) == ["1", "64"]  # one tuner run per batch size, merged
         assert Path(info["host_path"]).parent.name == "triton_3_6_0"
         assert [r["batch_size"] for r in moe["artifacts"]["tuner_runs"]] == [1, 64]
+        tuner = moe["artifacts"]["tuner"]
+        assert tuner["script_sha256"].startswith("sha256:") and tuner["sglang_version"] == "0.5.23"
+        assert tuner["inputs"]["batch_sizes"] == [1, 64] and tuner["inputs"]["tp"] == 1
+        assert moe["artifacts"]["files_delta"] > 0 and moe["artifacts"]["disk_delta_bytes"] > 0
+        assert isinstance(moe["artifacts"]["warmup_pid"], int)
         # later warm-ups route SGLANG_MOE_CONFIG_DIR to the tuned tree
         rig.write(caches={"inductor": "ensure"})
         proc = rig.run("apply")

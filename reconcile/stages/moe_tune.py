@@ -84,6 +84,11 @@ class MoeTune(Stage):
             with run.owner():
                 shutil.rmtree(work, ignore_errors=True)
         out.artifacts["tuner_runs"] = runs
+        out.artifacts["tuner"] = {"script": self.opts["script"], "script_sha256": _script_digest(run, self.opts["script"]),
+                                  "sglang_version": run.rt.version("sglang"), "triton_version": triton,
+                                  "inputs": {"model": self.data["model"]["path"], "tp": self.data["tp"],
+                                             "dtype": self.opts["dtype"], "batch_sizes": self.opts["batch_sizes"],
+                                             "tuner_args": self.opts["tuner_args"]}}
         out.artifacts["config_files"] = {name: {**run.artifact(f"{configs_rel}/{name}"), "config_hash": digest}
                                          for name, digest in sorted(written.items())}
         out.artifacts["triton_version"] = triton
@@ -126,6 +131,19 @@ class MoeTune(Stage):
             raise StageFailed("tuner_execution_error", f"tuner still running after {timeout:g}s")
         produced = [n for n in os.listdir(cwd) if n.endswith(".json") and n not in before]
         return rc, produced
+
+
+def _script_digest(run, script: str) -> str | None:
+    """sha256 of the tuner script as the host sees it (the tuner's exact
+    version: SGLang's benchmark scripts carry no version of their own)."""
+    import hashlib
+
+    path = script if run.ctx.runtime_kind == "local" else ""
+    try:
+        with open(path, "rb") as fh:
+            return "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def merge_config(src: str, dest: str) -> str:

@@ -228,6 +228,7 @@ class StageRun:
         server = self.server(sink)
         beat.set("launch")
         server.start(argv, env)
+        out.artifacts["warmup_pid"] = getattr(server.proc, "pid", None)
         error: Exception | None = None
         try:
             beat.set("readiness")
@@ -346,7 +347,11 @@ class StageRun:
                 if fresh.reason == "artifact_damaged":
                     beat.set("repair")
                     out.artifacts["repaired"] = self._remove_damaged(stage, fresh.observed["artifacts"]["damaged"])
+                before = self._disk(stage)
                 stage.prime(self, out, beat)
+                after = self._disk(stage)
+                out.artifacts["files_delta"] = after.files - before.files
+                out.artifacts["disk_delta_bytes"] = after.bytes - before.bytes
                 if stage.opts.get("verify"):
                     beat.set("verify")
                     out.evidence = stage.verify(self, out, beat)
@@ -458,6 +463,17 @@ class StageRun:
                 os.unlink(self.path(marker_path(stage.file_name)))
             except FileNotFoundError:
                 pass
+
+    def _disk(self, stage: Stage):
+        """Files and bytes in the stage's dirs (for files_delta, disk_delta_bytes)."""
+        from ..facts_host import TreeStats, tree_stats
+
+        total = TreeStats(0, 0, 0.0)
+        for rel in stage.artifact_dirs():
+            stats = tree_stats(self.path(rel))
+            total = TreeStats(total.files + stats.files, total.bytes + stats.bytes,
+                              max(total.newest_mtime, stats.newest_mtime))
+        return total
 
     def _remove_damaged(self, stage: Stage, damaged: list) -> list:
         """Remove what priming must rebuild (a damaged .so left in place looks
