@@ -306,6 +306,21 @@ def test_low_disk_found_by_plan_is_the_stages_insufficient_disk(rig):
     assert "free space there or lower storage.min_free_gib" in result["stages"]["deep_gemm"]["errors"][0]["message"]
 
 
+def test_a_log_without_the_kv_dtype_line_is_no_pass(rig):
+    """With --log-level warning the KV cache line is not logged: a warm-up
+    server proves the dtype through /server_info; compile_deep_gemm, which
+    has no /server_info, fails verify_log_missing instead of passing."""
+    rig.write(server={"extra_args": ["--log-level", "warning"]}, caches={"inductor": "skip"})
+    proc = rig.run("apply")
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    _, result = rig.prep_result(proc)
+    assert result["stages"]["deep_gemm"]["error_type"] == "verify_log_missing"
+    fi = result["stages"]["flashinfer"]
+    assert fi["status"] == "ok", fi["errors"]
+    assert fi["artifacts"]["kv_dtype_checked"] == {"via": "/server_info",
+                                                                            "dtype": "torch.float8_e4m3fn"}
+
+
 def test_flags_the_installed_sglang_rejects_block_before_any_launch(rig):
     rig.write(server={"settings": {"cuda_graph_max_bs": 8}})
     proc = rig.run("plan")

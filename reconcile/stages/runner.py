@@ -210,11 +210,35 @@ class StageRun:
     def server(self, sink) -> WarmupServer:
         return WarmupServer(self.runtime, self.data["server"]["host"], self.data["server"]["port"], sink)
 
-    def check_log(self, server: WarmupServer) -> None:
+    def check_log(self, server: WarmupServer, prove_kv: bool = True) -> None:
+        """The whole log against the settings; `prove_kv`: also require proof
+        of the KV dtype (a warm-up has it already, from /server_info)."""
         settings = self.data["server"]["settings"]
         mismatch = settings_mismatch(server.scan, {}, settings, KV_LOG_DTYPES.get(settings.get("kv_cache_dtype"), ()))
         if mismatch:
             raise StageFailed("settings_mismatch", mismatch)
+        if prove_kv:
+            self._kv_dtype_proof(server, None)
+
+    def _kv_dtype_proof(self, server: WarmupServer, info: dict | None) -> dict | None:
+        """How the KV cache dtype asked for was confirmed: the log line, or
+        (when the log has none, e.g. --log-level warning) /server_info. No
+        proof is a failure (verify_log_missing), never a silent pass."""
+        expected = KV_LOG_DTYPES.get(self.data["server"]["settings"].get("kv_cache_dtype"), ())
+        if not expected:
+            return None
+        if server.scan.kv_dtypes:
+            return {"via": "log", "dtype": server.scan.kv_dtypes[-1]}
+        states = (info or {}).get("internal_states") or []
+        seen = [st.get("kv_cache_dtype") for st in states if isinstance(st, dict) and st.get("kv_cache_dtype")]
+        if not seen:
+            where = "and /server_info does not report it" if info is not None else "(and no /server_info to ask)"
+            raise StageFailed("verify_log_missing", f"the server log has no 'KV Cache is allocated' line {where}: "
+                              f"the KV cache dtype cannot be confirmed (is --log-level above info?)")
+        if any(d not in expected for d in seen):
+            raise StageFailed("settings_mismatch", f"KV cache dtype {seen[0]} on /server_info, asked "
+                              f"{self.data['server']['settings'].get('kv_cache_dtype')} ({' or '.join(expected)})")
+        return {"via": "/server_info", "dtype": seen[0]}
 
     def warmup(self, stage: Stage, out, beat, extra_env: dict | None = None, log_files: tuple = ()) -> WarmupServer:
         """Start the stage's server, wait for /ready, send one request, check
@@ -240,6 +264,7 @@ class StageRun:
                                          KV_LOG_DTYPES.get(settings.get("kv_cache_dtype"), ()))
             if mismatch:
                 raise StageFailed("settings_mismatch", mismatch)
+            out.artifacts["kv_dtype_checked"] = self._kv_dtype_proof(server, info)
             beat.set("generate")
             before = server.prompt_tokens()
             prom_before = self._prometheus_value()
@@ -267,7 +292,7 @@ class StageRun:
             raise error
         if not gone:
             raise StageFailed("cleanup_failed", f"the server's processes survived teardown ({how})")
-        self.check_log(server)
+        self.check_log(server, prove_kv=False)
         return server
 
     def run_command(self, argv: list, env: dict, cwd: str, timeout: float, log_files: tuple = ()):
