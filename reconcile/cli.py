@@ -63,11 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--textfile", metavar="PATH", help="also write node_exporter textfile metrics (atomically)")
     p.add_argument("--verify", action="store_true",
                    help="re-hash every primed artifact (default: sizes and mtimes; apply always re-hashes)")
+    p.add_argument("--diff", action="store_true", help="also print the whole content of files to be created")
 
     p = sub.add_parser("apply", help="carry out the plan")
     _global_options(p, suppress=True)
     p.add_argument("planfile", nargs="?", metavar="PLANFILE", help="a plan saved by `plan -o`; refused if stale")
     p.add_argument("--only", nargs="+", metavar="ADDRESS", help="apply only these addresses (and what they need)")
+    p.add_argument("--diff", action="store_true", help="also print the whole content of files to be created")
     p.add_argument("--auto-approve", action="store_true",
                    help="do not ask before applying (also implied when stdin is not a terminal: cron, Ansible)")
 
@@ -172,7 +174,7 @@ def cmd_plan(args) -> int:
     else:
         from .report_text import render_plan
 
-        render_plan(plan, _writer(args))
+        render_plan(plan, _writer(args), show_diff=args.diff)
     if args.out:
         import json
 
@@ -258,7 +260,7 @@ def cmd_apply(args, argv=None) -> int:
     if not args.auto_approve and not args.json and _interactive() and (plan.pending or plan.blocked):
         from .report_text import render_plan
 
-        render_plan(plan, _writer(args))
+        render_plan(plan, _writer(args), show_diff=args.diff)
         print("\nDo you want to perform these actions?\n  sglprep will perform the actions described above.\n"
               "  Only 'yes' will be accepted to approve.\n")
         try:
@@ -297,7 +299,7 @@ def cmd_apply(args, argv=None) -> int:
         if getattr(args, "no_plan_echo", False):
             pass  # shown before the question
         elif plan.pending or plan.blocked:
-            render_plan(plan, w)
+            render_plan(plan, w, show_diff=args.diff)
         else:
             from .report_text import summary_line
 

@@ -42,7 +42,10 @@ def resolve_owner(owner_setting: str, ident) -> Owner:
 
 
 def storage_root(root_setting: str, owner: Owner, ident, home_of) -> str:
-    """Absolute storage root; `~` is the owner's home (the sudo caller's, under sudo)."""
+    """Absolute storage root; `~` is the owner's home (the sudo caller's, under
+    sudo); `{user}` is the invoking user's name (the sudo caller's)."""
+    if "{user}" in root_setting:
+        root_setting = root_setting.replace("{user}", getattr(ident, "user", "") or str(ident.uid))
     if root_setting == "~" or root_setting.startswith("~/"):
         home = ident.home
         if owner.uid != ident.uid or ident.is_root:

@@ -31,6 +31,7 @@ class Identity(NamedTuple):
     sudo_gid: int | None
     hostname: str
     home: str  # $HOME of the invoking process
+    user: str = ""  # the invoking user's name (the sudo caller's under sudo), for `{user}` in storage.root
 
 
 class DirFact(NamedTuple):
@@ -316,7 +317,14 @@ class HostFacts:
             return int(value) if value.isdigit() else None
 
         uid = os.geteuid()
-        return Identity(uid=uid, gid=os.getegid(), is_root=uid == 0, sudo_uid=num("SUDO_UID"),
+        sudo_uid = num("SUDO_UID")
+        try:
+            import pwd
+
+            user = pwd.getpwuid(sudo_uid if uid == 0 and sudo_uid is not None else uid).pw_name
+        except (KeyError, ImportError):
+            user = str(sudo_uid if uid == 0 and sudo_uid is not None else uid)
+        return Identity(uid=uid, gid=os.getegid(), is_root=uid == 0, sudo_uid=sudo_uid, user=user,
                         sudo_gid=num("SUDO_GID"), hostname=os.uname().nodename,
                         home=self._env.get("HOME", ""))
 

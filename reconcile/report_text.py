@@ -56,9 +56,20 @@ def summary_line(plan: Plan) -> str:
     return "Plan: " + ", ".join(parts) + "." + (f" ({why})" if why else "")
 
 
-def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
+NO_RUNTIME = ("engine_unreachable", "runtime_unavailable")
+
+
+def render_plan(plan: Plan, w: Writer, title: str = "plan", show_diff: bool = False) -> None:
+    """The plan as text. `show_diff`: print the whole diff of new files too
+    (an update's diff is always printed: it is what changes)."""
     sets = "".join(f" · -e {o}" for o in plan.overrides)
     w.line((f"sglprep {title} · {plan.host} · {plan.state_file}{sets}", "bold"))
+    cause = next((c for c in plan.blocked if c.reason in NO_RUNTIME), None)
+    if cause is not None:  # one line that says why this host cannot prime caches, before the details
+        what = "no Docker engine" if cause.reason == "engine_unreachable" else "no usable SGLang runtime or GPU"
+        w.line(("note: ", "yellow"), (f"this host has {what}, so the cache stages cannot run here; the storage "
+                                     f"part still applies. To try sglprep without a GPU or Docker: sglprep -f "
+                                     f"states/demo.yaml plan", ""))
     shown = [c for c in plan.changes if c.action != "noop" or c.show]
     name_width = max([26] + [len(c.name) for c in shown])
     for c in shown:
@@ -66,6 +77,10 @@ def render_plan(plan: Plan, w: Writer, title: str = "plan") -> None:
         w.line((f"  {SYMBOLS[c.action]} ", style), (f"{c.type:<9}  ", ""), (f"{c.name:<{name_width}} ", ""),
                (c.text(), style if c.action != "noop" else "dim"),
                (f" [{c.cause}]" if c.cause and c.action != "noop" else "", "dim"))
+        if c.diff and c.action == "create" and not show_diff:
+            added = sum(1 for ln in c.diff.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
+            w.line((f"      (a new file of {added} lines; --diff shows it)", "dim"))
+            continue
         for diff_line in c.diff.splitlines():
             diff_style = "green" if diff_line.startswith("+") else "red" if diff_line.startswith("-") else "dim"
             w.line((f"      {diff_line}", diff_style))

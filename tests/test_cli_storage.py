@@ -436,3 +436,10 @@ def test_set_overrides_a_state_key_for_one_run(host):
     assert sglprep("-f", "s.yaml", "plan", "-e", "tp=2", "-o", str(saved), cwd=host).returncode == 0
     assert sglprep("-f", "s.yaml", "apply", str(saved), cwd=host).returncode == 3
     assert sglprep("-f", "s.yaml", "-e", "tp=2", "apply", str(saved), cwd=host).returncode == 0
+
+
+def test_new_files_are_summarised_unless_diff_is_asked(host):
+    plan = sglprep("-f", "s.yaml", "plan", cwd=host).stdout
+    assert "(a new file of 20 lines; --diff shows it)" in plan and "+scrape_configs:" not in plan
+    full = sglprep("-f", "s.yaml", "plan", "--diff", cwd=host).stdout
+    assert "+scrape_configs:" in full and "--diff shows it" not in full

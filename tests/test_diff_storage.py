@@ -341,3 +341,9 @@ def test_read_only_models_dir_with_ownership_ignore():
     assert diff_directory("profiles", ro._replace(path="/srv/sgl/profiles"), OWNER, "ignore").action == "blocked"
     closed = ro._replace(mode=0o700)
     assert diff_directory("models", closed, OWNER, "ignore", read_only=True).reason == "permissions_unexpected"
+
+
+def test_storage_root_user_placeholder_is_the_invoking_user():
+    assert storage_root("/tmp/demo-{user}", OWNER, USER._replace(user="alice"), {}.get) == "/tmp/demo-alice"
+    sudo = SUDO_ID._replace(user="bob")  # under sudo, identity() names the sudo caller
+    assert storage_root("/tmp/demo-{user}", resolve_owner("auto", sudo), sudo, {}.get) == "/tmp/demo-bob"
