@@ -106,33 +106,64 @@ def render_apply(report, w: Writer) -> None:
         w.line((f"Session log: {report.log_file}", "dim"))
 
 
+PHASE_WORDS = {"check_flags": "checking server flags", "wait_lock": "waiting for the stage lock",
+               "preflight": "preflight", "repair": "removing damaged artifacts", "launch": "starting server",
+               "readiness": "waiting for readiness", "generate": "generating", "telemetry_probe": "probing telemetry",
+               "teardown": "stopping server", "verify": "verifying", "manifest": "recording artifacts",
+               "compile": "compiling (compile_deep_gemm)", "command": "running its command"}
+
+
 class StageProgress:
-    """Live stage progress: a rich status line on a terminal (stage, phase,
-    elapsed time), plain lines on stderr otherwise (one per phase change)."""
+    """Live stage progress: on a terminal, a status line (stage, phase,
+    elapsed time) redrawn every second; otherwise plain lines on stderr, one
+    per phase change."""
 
     def __init__(self, stream=None, live: bool = False):
         self.stream = stream or sys.stderr
         self.live = live
         self._status = None
         self._last = None
+        self._current = None  # (stage, phase, started at monotonic)
+        self._ticker = None
+        self._stop = None
+
+    def _text(self) -> str:
+        import time
+
+        stage, phase, started = self._current
+        return f"{stage} · {PHASE_WORDS.get(phase, phase)} · {time.monotonic() - started:.0f}s"
 
     def __call__(self, stage: str, phase: str, elapsed: float) -> None:
-        text = f"{stage} · {phase} · {elapsed:.0f}s"
+        import time
+
         if self.live:
+            self._current = (stage, phase, time.monotonic() - elapsed)
             if self._status is None:
+                import threading
+
                 from rich.console import Console
 
-                self._status = Console(file=self.stream, force_terminal=True).status(text)
+                self._status = Console(file=self.stream, force_terminal=True).status(self._text())
                 self._status.start()
+                self._stop = threading.Event()
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
             else:
-                self._status.update(text)
+                self._status.update(self._text())
             return
         if (stage, phase) != self._last:
             self._last = (stage, phase)
             self.stream.write(f"sglprep: {stage}: {phase}\n")
             self.stream.flush()
 
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            if self._status is not None and self._current is not None:
+                self._status.update(self._text())
+
     def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
         if self._status is not None:
             self._status.stop()
             self._status = None
