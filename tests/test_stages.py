@@ -730,10 +730,26 @@ def test_telemetry_probe_through_a_real_prometheus(rig):
         assert probe["ok"] is True and probe["sample_count"] >= 1, probe
         assert probe["after"] > (probe["before"] or 0)
         assert result["telemetry_probe"]["ok"] is True
-        assert result["telemetry_probe"]["prometheus_query"] == 'sum(sglang:prompt_tokens_total{job="sglang"})'
+        assert result["telemetry_probe"]["prometheus_query"] == \
+            'sum(sglang:prompt_tokens_total{job="sglang",host="localhost",model="demo-model"})'
+        assert probe["up"] is True and probe["up_query"] == 'up{job="sglang",host="localhost",model="demo-model"}'
     finally:
         prom.terminate()
         prom.wait(10)
+
+
+def test_telemetry_probe_gives_up_at_once_when_prometheus_is_down(rig):
+    rig.write(caches={"deep_gemm": "skip", "inductor": "skip"},
+              telemetry={"probe": True, "prometheus_url": f"http://127.0.0.1:{free_port()}", "scrape_interval_s": 5})
+    proc = rig.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _, result = rig.prep_result(proc)
+    fi = result["stages"]["flashinfer"]
+    assert fi["telemetry_probe"]["ok"] is False
+    assert fi["telemetry_probe"]["error"].startswith("Prometheus not reachable:")
+    assert result["telemetry_probe"]["reason"].startswith("Prometheus not reachable:")
+    assert fi["duration_s"] < 8, "the probe waited for a Prometheus that is not there"
+    assert fi["warnings"] and fi["status"] == "ok"
 
 
 def test_incomplete_flashinfer_builds_are_deleted(rig):

@@ -191,6 +191,10 @@ class StagesExecutor:
                      "sample_count": sum(p.get("sample_count", 0) for p in probes),
                      "prometheus_query": probes[-1]["prometheus_query"] if probes else "",
                      "probes": len(probes)}
+        reason = next((p.get("error") for p in probes if not p.get("ok")), "") if probes else (
+            "" if not data["telemetry"]["probe"] else "no warm-up server ran in this apply")
+        if reason:
+            telemetry["reason"] = reason
         finished = utc_now_iso()
         routing = self.runner.routing() if self.runner else cache_env(self.ctx.runtime_path("profiles"))
         return {

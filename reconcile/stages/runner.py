@@ -580,24 +580,49 @@ class StageRun:
                                   pid=port.pid, cmdline=list(port.cmdline))
 
     # ------------------------------------------------------------ telemetry
-    def _prometheus_value(self) -> float | None:
-        if not self.data["telemetry"]["probe"]:
-            return None
-        _, value, _ = prometheus_samples(self.data["telemetry"]["prometheus_url"], PROMPT_TOKENS)
-        return value
+    def _selector(self) -> str:
+        """The series of this host's warm-up server: the labels sglprep's
+        prometheus.yml puts on the sglang job (host, model)."""
+        return (f'{{job="sglang",host="{_promq(self.desired.host)}",model="{_promq(self.slug)}"}}')
 
-    def _telemetry_probe(self, before: float | None) -> dict:
-        """Wait until Prometheus has scraped the request (the delta of
-        sglang:prompt_tokens_total), within three scrape intervals."""
+    def _prometheus_value(self) -> tuple[float | None, str]:
+        """(prompt tokens Prometheus has for this server now, why not)."""
+        if not self.data["telemetry"]["probe"]:
+            return None, ""
+        _, value, error = prometheus_samples(self.data["telemetry"]["prometheus_url"],
+                                             f"sum({PROMPT_TOKENS}{self._selector()})")
+        return value, error
+
+    def _telemetry_probe(self, before: tuple) -> dict:
+        """Wait until Prometheus has scraped the request (its prompt tokens of
+        this host's sglang series went up) and the target is up, within three
+        scrape intervals; give up at once when Prometheus does not answer."""
         url = self.data["telemetry"]["prometheus_url"]
-        query = f'sum({PROMPT_TOKENS}{{job="sglang"}})'
+        value_before, down = before
+        query = f"sum({PROMPT_TOKENS}{self._selector()})"
+        up_query = f"up{self._selector()}"
+        if down and value_before is None and ("Connect" in down or "refused" in down or url in down):
+            return {"ok": False, "sample_count": 0, "prometheus_query": query, "before": None, "after": None,
+                    "error": f"Prometheus not reachable: {down}"}
+        _, up, _ = prometheus_samples(url, up_query)
         deadline = time.monotonic() + 3 * self.data["telemetry"]["scrape_interval_s"] + 5
         count, value, error = 0, None, ""
         while time.monotonic() < deadline:
-            count, value, error = prometheus_samples(url, f'{PROMPT_TOKENS}{{job="sglang"}}')
-            if value is not None and value > (before or 0):
-                return {"ok": True, "sample_count": count, "prometheus_query": query,
-                        "before": before, "after": value}
+            count, value, error = prometheus_samples(url, query)
+            if error and value is None and not count:
+                break
+            if value is not None and value > (value_before or 0):
+                if up != 1:
+                    _, up, _ = prometheus_samples(url, up_query)
+                return {"ok": up == 1, "sample_count": count, "prometheus_query": query, "up_query": up_query,
+                        "up": up == 1, "before": value_before, "after": value,
+                        **({} if up == 1 else {"error": "the sglang target is not up in Prometheus"})}
             time.sleep(0.5)
-        return {"ok": False, "sample_count": count, "prometheus_query": query, "before": before, "after": value,
+        return {"ok": False, "sample_count": count, "prometheus_query": query, "up_query": up_query, "up": up == 1,
+                "before": value_before, "after": value,
                 "error": error or "Prometheus did not see the request's prompt tokens"}
+
+
+def _promq(value: str) -> str:
+    """A label value inside a PromQL string."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"')
