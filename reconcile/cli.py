@@ -38,7 +38,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         help="desired-state file (default: states/default.yaml)")
     parser.add_argument("-i", "--inventory", metavar="INVENTORY", default=d(None),
                         help="Ansible-format YAML inventory (default: inventory.yaml)")
-    parser.add_argument("--limit", metavar="HOST", default=d("localhost"), help="host to reconcile (default: localhost)")
+    parser.add_argument("--limit", metavar="PATTERN", default=d("localhost"),
+                        help="Ansible host pattern: a host, a group, gpu0*, gpus:!gpu03, gpus:&h200, gpus[0:2], "
+                        "a,b (default: localhost); several hosts: one plan each")
     parser.add_argument("--json", action="store_true", default=d(False), help="machine-readable output on stdout")
     parser.add_argument("--no-color", action="store_true", default=d(False), help="plain text (also: NO_COLOR)")
     parser.add_argument("-e", "--set", dest="overrides", action="append", metavar="KEY=VALUE",
@@ -136,10 +138,20 @@ def main(argv: list | None = None) -> int:
         return EXIT_ERROR
 
 
-def _load(args):
-    from .state_load import load_desired
+def _load_all(args) -> list:
+    """The desired state of every host `--limit` selects (an Ansible pattern)."""
+    from .state_load import load_hosts
 
-    return load_desired(args.state, args.inventory, args.limit, getattr(args, "overrides", None) or ())
+    return load_hosts(args.state, args.inventory, args.limit, getattr(args, "overrides", None) or ())
+
+
+def _load(args):
+    """The one host this command works on; a pattern that selects several is an error."""
+    hosts = _load_all(args)
+    if len(hosts) > 1:
+        raise InputError(None, None, "--limit", f"{args.command} works on one host; {args.limit!r} selects "
+                         f"{len(hosts)}: {', '.join(d.host for d in hosts[:5])}{', …' if len(hosts) > 5 else ''}")
+    return hosts[0]
 
 
 def _writer(args):
@@ -164,10 +176,41 @@ def _write_textfile(path: str, host: str, plan) -> None:
 
 
 def cmd_plan(args) -> int:
+    hosts = _load_all(args)
+    if len(hosts) > 1:
+        return _plan_hosts(args, hosts)
+    return _plan_one(args, hosts[0])
+
+
+def _plan_hosts(args, hosts: list) -> int:
+    """One plan per host, in inventory order; the exit code of the worst."""
     from .facts_host import HostFacts
     from .plan import build_plan
 
-    desired = _load(args)
+    if args.out or args.textfile:
+        raise InputError(None, None, "--limit", "-o and --textfile write one host's plan: limit to one host")
+    plans = [build_plan(desired, HostFacts(), verify=args.verify) for desired in hosts]
+    if args.json:
+        _emit_json([plan.to_json() for plan in plans])
+    else:
+        from .report_text import render_plan
+
+        w = _writer(args)
+        for i, plan in enumerate(plans):
+            if i:
+                w.line(("", ""))
+            render_plan(plan, w, show_diff=args.diff)
+    if any(plan.blocked for plan in plans):
+        return EXIT_ERROR
+    if args.detailed_exitcode and any(plan.pending for plan in plans):
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _plan_one(args, desired) -> int:
+    from .facts_host import HostFacts
+    from .plan import build_plan
+
     plan = build_plan(desired, HostFacts(), verify=args.verify)
     if args.json:
         _emit_json(plan.to_json())
@@ -236,12 +279,25 @@ def _saved_plan_problem(data: dict):
 
 
 def cmd_apply(args, argv=None) -> int:
+    hosts = _load_all(args)
+    if len(hosts) > 1:
+        if args.planfile:
+            raise InputError(args.planfile, None, "--limit", "a saved plan is one host's: limit to that host")
+        codes = []
+        for desired in hosts:  # one after the other, like Ansible's serial: 1
+            if not args.json:
+                print(f"== {desired.host}", flush=True)
+            codes.append(_apply_one(args, desired, argv))
+        return next((code for code in codes if code), EXIT_OK)
+    return _apply_one(args, hosts[0], argv)
+
+
+def _apply_one(args, desired, argv=None) -> int:
     from .exec_apply import apply_plan
     from .facts_host import HostFacts
     from .plan import build_plan, resolve_context
 
     saved = _load_saved_plan(args.planfile) if args.planfile else None
-    desired = _load(args)
     facts = HostFacts()
     plan = build_plan(desired, facts, verify=True)  # apply re-hashes what the plan only stat'ed
     if saved is not None:
@@ -325,7 +381,24 @@ def _interactive() -> bool:
 
 
 def cmd_validate(args) -> int:
-    desired = _load(args)
+    hosts = _load_all(args)
+    if len(hosts) > 1:
+        from .redaction import redact
+
+        for desired in hosts:
+            for warning in desired.warnings:
+                print(f"sglprep: warning: {warning}", file=sys.stderr)
+        if args.json:
+            _emit_json([{"host": d.host, "state_file": d.state_file, "model_slug": d.model_slug,
+                         "desired": redact(d.data)} for d in hosts])
+        else:
+            import yaml
+
+            for d in hosts:
+                sys.stdout.write(f"# sglprep validate · {d.host} · {d.state_file}: valid\n")
+                sys.stdout.write(yaml.safe_dump(redact(d.data), sort_keys=False, default_flow_style=False))
+        return EXIT_OK
+    desired = hosts[0]
     from .redaction import redact
 
     shown = redact(desired.data)

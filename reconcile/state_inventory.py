@@ -56,33 +56,122 @@ class Inventory:
     """A parsed inventory. Host variables are merged on request by `host()`."""
 
     def __init__(self, file: str, warnings: list | None = None, hosts: dict | None = None,
-                 groups: dict | None = None, host_groups: dict | None = None, merge_order: dict | None = None):
+                 groups: dict | None = None, host_groups: dict | None = None, merge_order: dict | None = None,
+                 group_files: dict | None = None, host_files: dict | None = None):
         self.file = file  # display path
         self.warnings = warnings if warnings is not None else []
         self._hosts = hosts or {}  # name -> _Host, in definition order
         self._groups = groups or {}  # name -> _Group
         self._host_groups = host_groups or {}  # host -> sorted group names
         self._merge_order = merge_order or {}  # group -> sort key
+        self._group_files = group_files or {}  # group -> _Level from group_vars/<group>
+        self._host_files = host_files or {}  # host -> _Level from host_vars/<host>
 
     def host_names(self) -> list[str]:
         """Hosts in the order the inventory first names them (no implicit localhost)."""
         return list(self._hosts)
 
-    def host(self, name: str) -> HostVars:
-        """The merged view of host `name`; `localhost` always exists implicitly."""
+    def host(self, name: str, hash_behaviour: str = "replace") -> HostVars:
+        """The merged view of host `name`; `localhost` always exists implicitly.
+        `hash_behaviour`: Ansible's, for the `sglprep` mapping across levels:
+        `replace` (Ansible's default: the most specific level's mapping wins
+        whole) or `merge` (key by key)."""
+        deep = hash_behaviour == "merge"
         if name in self._hosts:
             groups = self._host_groups[name]
             ordered = sorted(groups, key=self._merge_order.__getitem__)
-            levels = [self._groups[g].level for g in ordered] + [self._hosts[name].level]
-            return _host_vars(name, list(groups), levels)
+            # ansible-core's default precedence: the inventory file's group vars
+            # (all, then the host's groups), group_vars/all, group_vars/<group>,
+            # the file's host vars, host_vars/<host>
+            levels = [self._groups[g].level for g in ordered]
+            levels += [self._group_files[g] for g in ordered if g == "all" and g in self._group_files]
+            levels += [self._group_files[g] for g in ordered if g != "all" and g in self._group_files]
+            levels += [self._hosts[name].level]
+            levels += [self._host_files[name]] if name in self._host_files else []
+            return _host_vars(name, list(groups), levels, deep)
         if name == "localhost":
             # Like Ansible's implicit localhost: only `all` vars, a local
             # connection, and membership in no group.
             implicit = _Level()
             implicit.plain["ansible_connection"] = "local"
-            return _host_vars(name, [], [self._groups["all"].level, implicit])
+            levels = [self._groups["all"].level] + ([self._group_files["all"]] if "all" in self._group_files else [])
+            levels += [implicit] + ([self._host_files[name]] if name in self._host_files else [])
+            return _host_vars(name, [], levels, deep)
         raise InputError(self.file, None, None,
                          f"host '{name}' is not in the inventory (known: {_known(self.host_names())})")
+
+    def match(self, pattern: str) -> list[str]:
+        """The hosts an Ansible host pattern selects, in inventory order:
+        names and groups, `all`/`*`, wildcards (`gpu0*`), regexes (`~gpu0[12]`),
+        subscripts (`gpus[0:2]`, both ends included, `gpus[-1]`), and
+        combined with `:` or `,`: union, `:&` intersection, `:!` exclusion.
+        A pattern that selects nothing is an error naming it."""
+        terms = _split_pattern(pattern)
+        regular = [t for t in terms if not t.startswith(("&", "!"))]
+        ordered = regular + [t for t in terms if t.startswith("&")] + [t for t in terms if t.startswith("!")]
+        hosts: list[str] = []
+        for term in ordered:
+            if term.startswith("!"):
+                that = set(self._match_one(term[1:]))
+                hosts = [h for h in hosts if h not in that]
+            elif term.startswith("&"):
+                that = set(self._match_one(term[1:]))
+                hosts = [h for h in hosts if h in that]
+            else:
+                hosts += [h for h in self._match_one(term) if h not in hosts]
+        if not hosts:
+            raise InputError(self.file, None, "--limit", f"pattern {pattern!r} matches no host (known hosts: "
+                             f"{_known(self.host_names() or ['localhost'])})")
+        return hosts
+
+    def _match_one(self, term: str) -> list[str]:
+        import re
+
+        subscript = None
+        m = re.fullmatch(r"(.+?)\[(-?\d+)(?::(-?\d*))?\]", term)
+        if m and not term.startswith("~"):
+            term = m.group(1)
+            subscript = (int(m.group(2)), m.group(3))
+        found = self._enumerate(term)
+        if subscript is not None:
+            start, end = subscript
+            if end is None:
+                found = [found[start]] if -len(found) <= start < len(found) else []
+            else:
+                stop = len(found) if end == "" else int(end) + 1
+                found = found[start:stop]
+        return found
+
+    def _enumerate(self, term: str) -> list[str]:
+        import fnmatch
+        import re
+
+        names = self.host_names()
+        if term in ("all", "*"):
+            return names
+        if term in self._groups:
+            return self.group_hosts(term)
+        if term in self._hosts:
+            return [term]
+        if term.startswith("~"):
+            try:
+                rx = re.compile(term[1:])
+            except re.error as exc:
+                raise InputError(self.file, None, "--limit", f"bad regex in pattern {term!r}: {exc}") from None
+
+            def hit(name: str) -> bool:
+                return bool(rx.match(name))
+        elif any(c in term for c in "*?["):
+            def hit(name: str) -> bool:
+                return fnmatch.fnmatchcase(name, term)
+        else:
+            return ["localhost"] if term in LOCAL_ADDRESSES and term == "localhost" else []
+        out = []
+        for group in sorted(self._groups):  # hosts of every matching group, then matching hosts
+            if hit(group):
+                out += [h for h in self.group_hosts(group) if h not in out]
+        out += [h for h in names if hit(h) and h not in out]
+        return [h for h in names if h in out]
 
     def group_hosts(self, group: str) -> list[str]:
         """Hosts in `group` or any group below it, in definition order."""
@@ -101,6 +190,7 @@ def load_inventory(path: str | None, display: str | None = None) -> Inventory:
         doc = load_file(path, display)
         parser = _Parser(doc)
         parser.parse()
+        parser.load_var_files(path, display)
     except RecursionError:
         raise InputError(display, None, None, "nested too deeply (or a recursive YAML alias)") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a shape the parser did not expect
@@ -110,6 +200,30 @@ def load_inventory(path: str | None, display: str | None = None) -> Inventory:
 
 
 # --- host patterns -------------------------------------------------------------
+
+VAR_EXTS = ("", ".yml", ".yaml", ".json")
+
+
+def _split_pattern(pattern: str) -> list[str]:
+    """Ansible's split of a --limit pattern: on ',' if it has one, else on
+    ':' outside `[...]` subscripts (an IPv6 address or a `host:port` is not
+    a pattern separator here)."""
+    if "," in pattern:
+        return [t.strip() for t in pattern.split(",") if t.strip()]
+    terms, depth, current = [], 0, ""
+    for char in pattern:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth = max(depth - 1, 0)
+        if char == ":" and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += char
+    terms.append(current)
+    return [t.strip() for t in terms if t.strip()]
+
 
 def split_port(pattern: str) -> tuple[str, int | None]:
     """Split a trailing `:port` off a host pattern, as Ansible's parse_address does.
@@ -217,13 +331,16 @@ class _Level:
         self.overrides: dict | None = None  # normalized sglprep mapping, None if never set
         self.override_origins: dict = {}  # KeyPath -> Origin
 
-    def merge(self, other: _Level) -> None:
-        """Apply `other` on top of this level."""
+    def merge(self, other: _Level, deep: bool = True) -> None:
+        """Apply `other` on top of this level. `deep`: the `sglprep` mapping
+        merges key by key (hash_behaviour=merge); else the higher level's
+        mapping replaces the lower one whole, as Ansible does by default."""
         self.plain.update(other.plain)
         self.plain_origins.update(other.plain_origins)
         if other.overrides is not None:
-            if self.overrides is None:
+            if self.overrides is None or not deep:
                 self.overrides = {}
+                self.override_origins = {}
             _deep_merge(self.overrides, self.override_origins, other.overrides, other.override_origins, ())
 
 
@@ -480,6 +597,54 @@ class _Parser:
         where = next(path for path in reversed(edges) if path is not None)
         raise self.error(where, f"group cycle: {' -> '.join(cycle)}")
 
+    # --- group_vars/ and host_vars/ beside the inventory ---
+
+    def load_var_files(self, path: str, display: str) -> None:
+        """Ansible's host_group_vars: `group_vars/<group>` and
+        `host_vars/<host>` beside the inventory, each a YAML file (no
+        extension, .yml, .yaml or .json) or a directory of them (read in
+        name order), for groups and hosts the inventory has."""
+        import os
+
+        base = os.path.dirname(os.path.abspath(path))
+        shown = os.path.dirname(display)
+        self.group_files: dict = {}
+        self.host_files: dict = {}
+        for kind, names, into in (("group_vars", self.groups, self.group_files),
+                                  ("host_vars", self.hosts, self.host_files)):
+            folder = os.path.join(base, kind)
+            if not os.path.isdir(folder):
+                continue
+            for entry in sorted(os.listdir(folder)):
+                name, ext = os.path.splitext(entry)
+                if entry.startswith(".") or entry.endswith("~"):
+                    continue
+                full = os.path.join(folder, entry)
+                if os.path.isdir(full):
+                    name, files = entry, [os.path.join(full, f) for f in sorted(os.listdir(full))
+                                          if not f.startswith(".") and os.path.splitext(f)[1] in VAR_EXTS
+                                          and os.path.isfile(os.path.join(full, f))]
+                elif ext in VAR_EXTS:
+                    files = [full]
+                else:
+                    continue
+                if name not in names:
+                    continue
+                level = into.setdefault(name, _Level())
+                for file in files:
+                    rel = os.path.join(shown, os.path.relpath(file, base)) if shown else os.path.relpath(file, base)
+                    self.var_file(level, file, rel)
+
+    def var_file(self, level: "_Level", file: str, display: str) -> None:
+        doc = load_file(file, display)
+        if doc.value in (None, {}):
+            return
+        if not isinstance(doc.value, dict):
+            raise InputError(display, 1, None, f"a vars file must be a mapping, got {_kind(doc.value)}")
+        sub = _Parser(doc)
+        for var, value in doc.value.items():
+            sub.set_var(level, var, value, (var,))
+
     def inventory(self) -> Inventory:
         order, ancestors = self.resolve()
         host_groups = {}
@@ -493,16 +658,17 @@ class _Parser:
                 member.update(ancestors[group])
             host_groups[name] = sorted(member)
         return Inventory(file=self.doc.file, warnings=self.warnings, hosts=self.hosts,
-                         groups=self.groups, host_groups=host_groups, merge_order=order)
+                         groups=self.groups, host_groups=host_groups, merge_order=order,
+                         group_files=getattr(self, "group_files", {}), host_files=getattr(self, "host_files", {}))
 
 
 # --- merging -------------------------------------------------------------------
 
-def _host_vars(name: str, groups: list[str], levels: list[_Level]) -> HostVars:
+def _host_vars(name: str, groups: list[str], levels: list[_Level], deep: bool = False) -> HostVars:
     """Merge `levels` (lowest precedence first) into one host's view."""
     merged = _Level()
     for level in levels:
-        merged.merge(level)
+        merged.merge(level, deep)
     variables = {var: _copy(value) for var, value in merged.plain.items()}
     overrides = merged.overrides
     if overrides is not None:

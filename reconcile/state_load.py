@@ -102,15 +102,27 @@ def parse_overrides(items: list) -> tuple[dict, dict]:
     return nested, origins
 
 
-def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str,
-                 overrides: list | tuple = ()) -> Desired:
+def _inventory(inventory_arg: str | None):
     from .state_inventory import load_inventory
 
     inv_display = inventory_arg or DEFAULT_INVENTORY
     inv_path = resolve_path(inv_display)
     if inv_path is None and inventory_arg is not None:
         raise InputError(inv_display, None, None, "inventory file not found")
-    inventory = load_inventory(str(inv_path) if inv_path else None, inv_display)
+    return load_inventory(str(inv_path) if inv_path else None, inv_display), inv_display, inv_path
+
+
+def load_hosts(state_arg: str | None, inventory_arg: str | None, pattern: str,
+               overrides: list | tuple = ()) -> list:
+    """The desired state of every host an Ansible pattern selects (--limit)."""
+    inventory, inv_display, inv_path = _inventory(inventory_arg)
+    return [load_desired(state_arg, inventory_arg, name, overrides, (inventory, inv_display, inv_path))
+            for name in inventory.match(pattern)]
+
+
+def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str,
+                 overrides: list | tuple = (), loaded=None) -> Desired:
+    inventory, inv_display, inv_path = loaded or _inventory(inventory_arg)
     host = inventory.host(limit)
     if not host.is_local:
         raise InputError(inventory.file, None, None,
@@ -143,6 +155,9 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str,
     if not doc.value:  # a truncated or emptied file must not plan the full default state
         raise InputError(state_display, 1, None, "the state file is empty: write at least `version: 1` and the "
                          "keys to manage (states/default.yaml documents every key)")
+    behaviour = _hash_behaviour(doc)
+    if behaviour != "replace":  # the state asks for Ansible's hash_behaviour=merge of `sglprep` mappings
+        host = inventory.host(limit, behaviour)
     _merge_overrides(doc, host.overrides, host.override_origins)
     if overrides:  # the command line wins over the state file and the inventory
         nested, origins = parse_overrides(list(overrides))
@@ -161,6 +176,17 @@ def load_desired(state_arg: str | None, inventory_arg: str | None, limit: str,
                    data=data, sources_sha="sha256:" + digest.hexdigest(),
                    warnings=tuple(inventory.warnings), state_path=os.path.abspath(state_path),
                    inventory_path=os.path.abspath(inv_path) if inv_path else "", overrides=tuple(overrides))
+
+
+def _hash_behaviour(doc: Located) -> str:
+    """How the inventory's `sglprep` mappings combine across levels:
+    `inventory.hash_behaviour` in the state, else ANSIBLE_HASH_BEHAVIOUR,
+    else Ansible's default, replace (validated with the rest of the state)."""
+    inv = doc.value.get("inventory")
+    value = inv.get("hash_behaviour") if isinstance(inv, dict) else None
+    if value is None:
+        value = os.environ.get("ANSIBLE_HASH_BEHAVIOUR", "replace").lower()
+    return "merge" if value == "merge" else "replace"
 
 
 def _merge_overrides(doc: Located, overrides: dict, origins: dict, prefix: tuple = ()) -> None:

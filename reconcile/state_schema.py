@@ -141,6 +141,10 @@ SCHEMA = S(kind="map", fields={
         "pointer_s": S(kind="number", minimum=0, exclusive_minimum=True, default=120),
     }),
     "heartbeat_s": S(kind="number", minimum=0, exclusive_minimum=True, default=60),
+    "inventory": S(kind="map", fields={
+        "hash_behaviour": S(kind="enum", choices=("replace", "merge"), default="replace",
+                            doc="how `sglprep:` mappings from several inventory levels combine (Ansible's)"),
+    }),
 })
 
 # Cache defaults as the state file documents them (a bare mode per stage).

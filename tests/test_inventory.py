@@ -316,7 +316,9 @@ def test_sglprep_deep_merge_with_origins(tmp_path):
                       path: /models/big
                 gpu-02:
     """)
-    one = inv.host("gpu-01")
+    replaced = inv.host("gpu-01")  # Ansible's default hash_behaviour: the host's mapping replaces its groups'
+    assert replaced.overrides == {"model": {"path": "/models/big"}}
+    one = inv.host("gpu-01", "merge")
     assert one.overrides == {
         "model": {"path": "/models/big", "revision": "main"},
         "caches": {"flashinfer": "skip", "triton": "build"},
@@ -329,11 +331,12 @@ def test_sglprep_deep_merge_with_origins(tmp_path):
     assert origins[("caches", "flashinfer")] == at(13)
     assert origins[("caches", "triton")] == at(8)
     assert origins[("tp",)] == at(14)
-    two = inv.host("gpu-02")
+    two = inv.host("gpu-02", "merge")
     assert two.overrides["model"] == {"path": "/models/base", "revision": "main"}
     assert two.override_origins[("model", "path")] == at(4)
     # Merging for one host leaves the other's (and the group's) data alone.
-    assert inv.host("gpu-02").overrides == two.overrides
+    assert inv.host("gpu-02", "merge").overrides == two.overrides
+    assert inv.host("gpu-02").overrides == {"caches": {"flashinfer": "skip"}, "tp": 4}  # replace: the group's
 
 
 def test_sglprep_replaced_subtree_drops_old_origins(tmp_path):

@@ -36,8 +36,8 @@ def load_state(tmp_path, text: str, inventory: str | None = None, limit: str = "
 BAD_STATES = [
     ("syntax", "version: 1\ntp: [1,\n", "s.yaml:3: YAML syntax error: did not find expected node content"),
     ("unknown-top", "version: 1\ntpp: 2\n",
-     "s.yaml:2: tpp: unknown key (did you mean 'tp'?); expected one of caches, heartbeat_s, model, runtime, "
-     "server, storage, telemetry, timeouts, tp, version"),
+     "s.yaml:2: tpp: unknown key (did you mean 'tp'?); expected one of caches, heartbeat_s, inventory, model, "
+     "runtime, server, storage, telemetry, timeouts, tp, version"),
     ("unknown-nested", "storage:\n  roots: /x\n",
      "s.yaml:2: storage.roots: unknown key (did you mean 'root'?); expected one of min_free_gib, owner, "
      "ownership, root"),
@@ -124,13 +124,18 @@ all:
       vars:
         sglprep: {tp: 4}
 """
-    desired = load_state(tmp_path, "version: 1\ncaches:\n  deep_gemm: rebuild\n", inventory)
+    merged = "version: 1\ninventory: {hash_behaviour: merge}\ncaches:\n  deep_gemm: rebuild\n"
+    desired = load_state(tmp_path, merged, inventory)
     assert desired.data["tp"] == 4
     assert desired.data["model"]["path"] == "/models/Llama-3-8B"
     assert desired.model_slug == "llama-3-8b"
     assert desired.data["caches"]["flashinfer"]["mode"] == "skip"
     # a bare mode in the state file merges with a mapping from the inventory
     assert desired.data["caches"]["deep_gemm"] == {"mode": "rebuild", "verify": True, "timeout_s": None, "env": {}}
+    # Ansible's default, replace: the host's own sglprep mapping wins whole (no tp from its groups)
+    desired = load_state(tmp_path, "version: 1\ncaches:\n  deep_gemm: rebuild\n", inventory)
+    assert desired.data["tp"] == 1 and desired.data["model"]["path"] == "/models/Llama-3-8B"
+    assert desired.data["caches"]["flashinfer"]["mode"] == "ensure"
 
 
 def test_inventory_picks_state_file(tmp_path):
