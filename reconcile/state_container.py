@@ -41,6 +41,7 @@ def container_config(data: dict, root: str, owner_spec: str, init_script_sha: st
         "HOST_HF_ROOT": posixpath.join(root, "huggingface"),
         "SGLPREP_IMAGE": c["image"],
         "SGLPREP_HOST": host,
+        "SGLPREP_PROMETHEUS_LISTEN": prometheus_listen(data["telemetry"]["prometheus_url"]),
     })
     env.update(c["env"])
     return {
@@ -56,6 +57,12 @@ def container_config(data: dict, root: str, owner_spec: str, init_script_sha: st
         "command": ["/bin/sh", INIT_SCRIPT_CONTAINER] if c["entrypoint"] == "sglprep" else None,
         "init_script": init_script_sha if c["entrypoint"] == "sglprep" else None,
     }
+
+
+def prometheus_listen(url: str) -> str:
+    """host:port Prometheus listens on, from telemetry.prometheus_url."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    return rest if ":" in rest.rsplit("]", 1)[-1] else f"{rest}:{443 if url.startswith('https') else 80}"
 
 
 def config_hash(config: dict) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -185,6 +186,12 @@ def test_container_lifecycle_create_noop_replace_stop_start(host):
     assert manifest["container_id"] == info["Id"]
     assert manifest["paths"]["host"]["profiles_root"] == str(host.root / "profiles")
     assert set(manifest["profile_cache"]["start"]) >= {"schema_version", "triton", "flashinfer", "deep_gemm"}
+    # no telemetry binaries in this image: each surface says it is expected, none is running
+    assert manifest["services"] == []
+    assert manifest["telemetry_surfaces"]["prometheus"]["state"] == "expected"
+    assert manifest["paths"]["container"]["prep_result"] == \
+        f"/telemetry/container_runs/{manifest['container_run_id']}/prep_result.json"
+    assert "git_revision" in manifest
     if IS_ROOT:  # written by the container as the storage owner
         assert Path(pointer["CONTAINER_RUN_META_JSON_HOST"]).stat().st_uid == OWNER[0]
 
@@ -361,3 +368,45 @@ def test_custom_stage_runs_in_the_container(host):
     assert out.read_text() == "/profiles/torchinductor"  # routed as the container sees it
     assert (out.stat().st_uid, out.stat().st_gid) == OWNER
     assert host.run("plan", "--detailed-exitcode").returncode == 0
+
+
+PROM_IMAGE = "sglprep-test/prometheus:1"
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is not installed")
+def test_the_container_starts_prometheus_as_the_owner_and_records_it(host):
+    """An image with Prometheus: the init script starts it on the configured
+    port with its TSDB under telemetry/prometheus/<run_id>/, as the storage
+    owner, and the manifest records the service and the live surface."""
+    work = Path(tempfile.mkdtemp())
+    try:
+        build_image(PROM_IMAGE)
+        prom_bin = work / "prometheus"
+        shutil.copy(shutil.which("prometheus"), prom_bin)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ro = [{"source": p, "target": p, "read_only": True} for p in ("/usr/lib", "/usr/lib64")]
+        ro.append({"source": str(prom_bin), "target": "/usr/bin/prometheus", "read_only": True})
+        prom_bin.chmod(0o755)
+        work.chmod(0o755)
+        host.write(runtime={"container": {"image": PROM_IMAGE, "mounts": ro}},
+                   telemetry={"prometheus_url": f"http://127.0.0.1:{port}"})
+        proc = host.run("apply")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        manifest = json.loads(Path(host.pointer()["CONTAINER_RUN_META_JSON_HOST"]).read_text())
+        [prom] = [s for s in manifest["services"] if s["name"] == "prometheus"]
+        assert prom["status"] == "running" and prom["url"] == f"http://127.0.0.1:{port}" and prom["pid"] > 0
+        assert manifest["telemetry_surfaces"]["prometheus"] == {"state": "live", "warning": None}
+        assert manifest["telemetry_surfaces"]["jaeger"]["state"] == "expected"
+        import httpx
+
+        ready = httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=5)
+        assert ready.status_code == 200
+        tsdb = host.root / "telemetry/prometheus" / manifest["container_run_id"]
+        assert tsdb.is_dir()
+        if IS_ROOT:
+            assert tsdb.stat().st_uid == OWNER[0]
+    finally:
+        subprocess.run(["docker", "rm", "-f", host.name], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
