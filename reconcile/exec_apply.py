@@ -125,6 +125,10 @@ def executor_table(desired: Desired, ctx: Context, facts, say, stage_executor) -
 
         want, want_hash = desired_container(desired, ctx)
         table["container"] = ContainerExecutor(desired, ctx, want, want_hash, facts.environ, say)
+    if ctx.runtime_kind == "local":
+        from .exec_telemetry import TelemetryExecutor
+
+        table["telemetry"] = TelemetryExecutor(desired, ctx, facts, say)
     table["stage"] = stage_executor
     return table
 

@@ -122,6 +122,15 @@ class LastApplyFact(NamedTuple):
     last_success_at: float = 0.0  # the last apply that exited 0
 
 
+class ServiceFact(NamedTuple):
+    """A service sglprep started (its pid file), checked against the process table."""
+
+    kind: str  # running | stopped
+    pid: int = 0
+    argv: tuple = ()
+    binary: str = ""  # where the desired binary was found ("" = nowhere)
+
+
 class TreeStats(NamedTuple):
     files: int
     bytes: int
@@ -392,6 +401,25 @@ class HostFacts:
 
     def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
         return self._cached(("pointer", path), lambda: _pointer_fact(path, container_root, host_root))
+
+    def service(self, pid_file: str, binary: str, path_env: str = ""):
+        """A service sglprep started (its pid file: pid, start time, argv),
+        checked against the process table, and where `binary` is found."""
+        import shutil
+
+        def compute():
+            found = binary if os.path.isabs(binary) and os.access(binary, os.X_OK) else (
+                shutil.which(binary, path=path_env or self._env.get("PATH")) or "")
+            kind, data, _ = read_json(pid_file, 65536)
+            if kind != "ok" or not isinstance(data, dict) or not isinstance(data.get("pid"), int):
+                return ServiceFact("stopped", binary=found)
+            proc = self.process(data["pid"])
+            created = data.get("create_time")
+            if not proc.alive or not isinstance(created, (int, float)) or abs(proc.create_time - created) > 1.0:
+                return ServiceFact("stopped", binary=found)
+            argv = tuple(str(a) for a in data.get("argv") or ())
+            return ServiceFact("running", pid=data["pid"], argv=argv, binary=found)
+        return self._cached(("service", pid_file, binary, path_env), compute)
 
     def temp_leftovers(self, dirs: tuple) -> tuple:
         """(path, writer pid) of every temp file sglprep's atomic writes leave

@@ -21,9 +21,10 @@ from .facts_runtime import RuntimeFacts
 from .plan_model import Change, Plan
 from .stages import catalog
 from .stages.plan import runtime_facts, stage_changes
-from .state_container import config_hash, container_config
-from .state_layout import (DIRECTORIES, INIT_SCRIPT, LAST_APPLY, LOCKS_DIR, MARKERS_DIR, POINTER, READ_ONLY_DIRS,
-                           lock_path, marker_path)
+from .diff_telemetry import PID_FILE, TSDB_DIR, diff_prometheus
+from .state_container import config_hash, container_config, prometheus_listen
+from .state_layout import (DIRECTORIES, INIT_SCRIPT, LAST_APPLY, LOCKS_DIR, MARKERS_DIR, POINTER, PROMETHEUS_CONFIG,
+                           READ_ONLY_DIRS, lock_path, marker_path)
 from .state_load import Desired
 from .state_templates import desired_files
 
@@ -75,6 +76,8 @@ def resource_addresses(desired: Desired, facts: HostFacts, ctx: Context) -> list
                if e.endswith(".json") and not e.startswith(".")]
     addresses += [f"marker:{name}" for name in markers]
     addresses += [f"orphans:{name}" for name in markers]
+    if ctx.runtime_kind == "local" and desired.data["telemetry"]["prometheus"]["state"] != "unmanaged":
+        addresses.append("telemetry:prometheus")
     addresses.append("tempfiles:leftover")
     addresses.append("pointer:container_run_meta.env")
     if ctx.runtime_kind == "docker":
@@ -88,6 +91,26 @@ def orphans(desired: Desired, facts: HostFacts, ctx: Context, name: str) -> list
     marker = facts.lock_file(name, ctx.path(marker_path(name)))
     procs = {pid: facts.process(pid) for pid, _, _ in marker.processes}
     return orphans_of(marker, procs, ctx.hostname)
+
+
+def prometheus_argv(desired: Desired, ctx: Context, binary: str) -> list:
+    """How sglprep starts Prometheus for a local runtime."""
+    return [binary, f"--config.file={ctx.path(PROMETHEUS_CONFIG)}", f"--storage.tsdb.path={ctx.path(TSDB_DIR)}",
+            f"--web.listen-address={prometheus_listen(desired.data['telemetry']['prometheus_url'])}"]
+
+
+def prometheus_change(desired: Desired, facts: HostFacts, ctx: Context) -> Change:
+    want = desired.data["telemetry"]["prometheus"]
+    path_env = desired.data["runtime"]["env"].get("PATH", "")
+    fact = facts.service(ctx.path(PID_FILE), want["binary"], path_env)
+    listen = prometheus_listen(desired.data["telemetry"]["prometheus_url"])
+    holder = ""
+    if fact.kind != "running" and want["state"] == "running":
+        port = facts.port(int(listen.rsplit(":", 1)[1])) if listen.rsplit(":", 1)[1].isdigit() else None
+        if port is not None and port.state == "busy":
+            holder = f"pid {port.pid} ({' '.join(port.cmdline)[:80]})" if port.pid else "another process"
+    return diff_prometheus(want["state"], prometheus_argv(desired, ctx, fact.binary or want["binary"]), fact,
+                           listen, holder)
 
 
 def temp_dirs(desired: Desired, facts: HostFacts, ctx: Context) -> tuple:
@@ -163,6 +186,8 @@ def diff_resource(address: str, desired: Desired, facts: HostFacts, ctx: Context
         return diff_port(facts.port(int(name)), needed=False)
     if kind == "orphans":
         return diff_orphans(name, orphans(desired, facts, ctx, name), desired.data["timeouts"]["teardown_s"])
+    if address == "telemetry:prometheus":
+        return prometheus_change(desired, facts, ctx)
     if address == "tempfiles:leftover":
         found = facts.temp_leftovers(temp_dirs(desired, facts, ctx))
         return diff_tempfiles([(path, pid, facts.process(pid).alive) for path, pid in found])

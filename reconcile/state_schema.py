@@ -132,6 +132,12 @@ SCHEMA = S(kind="map", fields={
         "prometheus_url": S(kind="str", default="http://127.0.0.1:9090", check=_url_check),
         "probe": S(kind="bool", default=True),
         "scrape_interval_s": S(kind="int", minimum=1, default=5),
+        "prometheus": S(kind="map", fields={
+            "state": S(kind="enum", choices=("unmanaged", "running", "absent"), default="unmanaged",
+                       doc="runtime.kind local: sglprep runs Prometheus as the storage owner (running), stops "
+                           "it (absent), or leaves it to you (unmanaged)"),
+            "binary": S(kind="str", default="prometheus", doc="the Prometheus server binary (a name on PATH, or a path)"),
+        }),
     }),
     "timeouts": S(kind="map", fields={
         "lock_s": S(kind="number", minimum=0, default=600),

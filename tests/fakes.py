@@ -21,7 +21,7 @@ class FakeFacts:
                  homes: dict | None = None, root: str = ROOT, runtime=None, flags: dict | None = None,
                  signatures: dict | None = None, model=None, flashinfer: tuple = (), last_apply=None,
                  engine=None, containers: dict | None = None, images: dict | None = None,
-                 artifacts: dict | None = None, temps: tuple = ()):
+                 artifacts: dict | None = None, temps: tuple = (), service=None):
         self._identity = identity
         self.root = root
         self.dirs = dirs or {}  # rel -> DirFact (path filled in)
@@ -40,6 +40,7 @@ class FakeFacts:
         self._last_apply = last_apply
         self._engine = engine
         self._temps = temps  # (path, pid) of leftover temp files
+        self._service = service  # the Prometheus sglprep runs (ServiceFact)
         self._artifacts = artifacts or {}  # manifest rel -> ArtifactFact (default: whole)
         self.containers = containers or {}  # name -> ContainerFact
         self.images = images or {}  # ref -> ImageFact
@@ -104,6 +105,11 @@ class FakeFacts:
 
     def pointer(self, path: str, container_root: str, host_root: str) -> PointerFact:
         return (self._pointer or PointerFact(path=path, kind="missing"))._replace(path=path)
+
+    def service(self, pid_file: str, binary: str, path_env: str = ""):
+        from reconcile.facts_host import ServiceFact
+
+        return self._service or ServiceFact("stopped", binary=f"/usr/bin/{binary}")
 
     def temp_leftovers(self, dirs: tuple) -> tuple:
         return tuple(self._temps)

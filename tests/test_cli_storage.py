@@ -443,3 +443,40 @@ def test_new_files_are_summarised_unless_diff_is_asked(host):
     assert "(a new file of 20 lines; --diff shows it)" in plan and "+scrape_configs:" not in plan
     full = sglprep("-f", "s.yaml", "plan", "--diff", cwd=host).stdout
     assert "+scrape_configs:" in full and "--diff shows it" not in full
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is not installed")
+def test_local_prometheus_is_started_kept_and_stopped_as_the_owner(host):
+    import httpx
+
+    port = free_port()
+    state = host / "s.yaml"
+    state.write_text(state.read_text() + f"telemetry:\n  prometheus_url: http://127.0.0.1:{port}\n"
+                     "  prometheus: {state: running}\n")
+    plan = sglprep("-f", "s.yaml", "plan", cwd=host)
+    assert re.search(r"\+ telemetry\s+prometheus\s+create, start \S*prometheus on 127.0.0.1:%d" % port, plan.stdout)
+    proc = sglprep("-f", "s.yaml", "apply", cwd=host, timeout=90)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pidfile = json.loads((root_of(host) / "telemetry/prometheus/prometheus.pid").read_text())
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=5).status_code == 200
+        import psutil
+
+        assert psutil.Process(pidfile["pid"]).uids().real == OWNER[0]
+        assert (root_of(host) / "telemetry/prometheus/data").is_dir()
+        assert sglprep("-f", "s.yaml", "plan", "--detailed-exitcode", cwd=host).returncode == 0  # kept: noop
+        state.write_text(state.read_text().replace("prometheus: {state: running}", "prometheus: {state: absent}"))
+        plan = sglprep("-f", "s.yaml", "plan", cwd=host)
+        assert f"stop pid {pidfile['pid']}" in plan.stdout
+        assert sglprep("-f", "s.yaml", "apply", cwd=host).returncode == 0
+        assert not psutil.pid_exists(pidfile["pid"]) or psutil.Process(pidfile["pid"]).status() == "zombie"
+    finally:
+        try:
+            os.killpg(pidfile["pid"], 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+    state.write_text(state.read_text().replace("prometheus: {state: absent}",
+                                               "prometheus: {state: running, binary: /nonexistent/prometheus}"))
+    plan = sglprep("-f", "s.yaml", "plan", cwd=host)
+    assert plan.returncode == 1 and "no Prometheus binary (/nonexistent/prometheus) → apt install prometheus" in \
+        plan.stdout
