@@ -186,6 +186,8 @@ def test_container_lifecycle_create_noop_replace_stop_start(host):
     assert manifest["container_id"] == info["Id"]
     assert manifest["paths"]["host"]["profiles_root"] == str(host.root / "profiles")
     assert set(manifest["profile_cache"]["start"]) >= {"schema_version", "triton", "flashinfer", "deep_gemm"}
+    assert manifest["profile_cache"]["start"]["flashinfer"]["valid"] is False
+    assert manifest["profile_cache"]["start"]["flashinfer"]["reason"] == "no signature"
     # no telemetry binaries in this image: each surface says it is expected, none is running
     assert manifest["services"] == []
     assert manifest["telemetry_surfaces"]["prometheus"]["state"] == "expected"
@@ -374,7 +376,7 @@ PROM_IMAGE = "sglprep-test/prometheus:1"
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus is not installed")
-def test_the_container_starts_prometheus_as_the_owner_and_records_it(host):
+def test_the_container_starts_prometheus_as_the_owner_and_records_it(host):  # and node_exporter
     """An image with Prometheus: the init script starts it on the configured
     port with its TSDB under telemetry/prometheus/<run_id>/, as the storage
     owner, and the manifest records the service and the live surface."""
@@ -388,6 +390,9 @@ def test_the_container_starts_prometheus_as_the_owner_and_records_it(host):
             port = s.getsockname()[1]
         ro = [{"source": p, "target": p, "read_only": True} for p in ("/usr/lib", "/usr/lib64")]
         ro.append({"source": str(prom_bin), "target": "/usr/bin/prometheus", "read_only": True})
+        exporter = shutil.which("prometheus-node-exporter")  # Debian's node_exporter, when installed
+        if exporter:
+            ro.append({"source": exporter, "target": "/usr/bin/prometheus-node-exporter", "read_only": True})
         prom_bin.chmod(0o755)
         work.chmod(0o755)
         host.write(runtime={"container": {"image": PROM_IMAGE, "mounts": ro}},
@@ -400,6 +405,11 @@ def test_the_container_starts_prometheus_as_the_owner_and_records_it(host):
         assert manifest["telemetry_surfaces"]["prometheus"] == {"state": "live", "warning": None}
         assert manifest["telemetry_surfaces"]["jaeger"]["state"] == "expected"
         import httpx
+
+        if exporter:
+            [node] = [s for s in manifest["services"] if s["name"] == "node_exporter"]
+            assert node["status"] == "running" and manifest["telemetry_surfaces"]["node_exporter"]["state"] == "live"
+            assert "node_" in httpx.get("http://127.0.0.1:9100/metrics", timeout=5).text
 
         ready = httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=5)
         assert ready.status_code == 200
