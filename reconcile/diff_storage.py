@@ -270,12 +270,17 @@ def diff_pointer(pointer: PointerFact, cont=None) -> Change:
 
 # --------------------------------------------------------------------- orphans
 
-def orphans_of(marker: LockFact, processes: dict, hostname: str) -> list:
+def orphans_of(marker: LockFact, processes: dict, hostname: str, lock_held: bool | None = None) -> list:
     """The processes a stage recorded in its marker that still run although
     the apply that started them is gone: (pid, pgid, cmdline). `processes`:
     pid -> ProcFact. A pid now used by another process (it started later than
-    recorded) is not ours and is left alone."""
-    if marker.kind != "ok" or lock_liveness(marker, hostname)[0] != "stale":
+    recorded) is not ours and is left alone. `lock_held`: whether a live
+    process holds the flock of the stage's lock (its writer holds it for as
+    long as it runs); False settles it even when the writer's pid was reused."""
+    if marker.kind != "ok":
+        return []
+    writer_gone = lock_liveness(marker, hostname)[0] == "stale" or lock_held is False
+    if not writer_gone or lock_held is True:
         return []
     out = []
     for pid, pgid, created in marker.processes:

@@ -421,6 +421,30 @@ class HostFacts:
             return ServiceFact("running", pid=data["pid"], argv=argv, binary=found)
         return self._cached(("service", pid_file, binary, path_env), compute)
 
+    def lock_held(self, path: str) -> bool | None:
+        """Whether a live process holds the flock of the lock at `path` (None:
+        no lock file). A test lock, released at once; the file is not changed."""
+        import fcntl
+
+        def compute():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                return None
+            except OSError:
+                return False
+            try:
+                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                    return False
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return False
+            except OSError:
+                return True
+            finally:
+                os.close(fd)
+        return self._cached(("lock_held", path), compute)
+
     def temp_leftovers(self, dirs: tuple) -> tuple:
         """(path, writer pid) of every temp file sglprep's atomic writes leave
         (`.<name>.<pid>[.<random>].tmp|.new`) in `dirs` (no recursion)."""

@@ -90,7 +90,8 @@ def orphans(desired: Desired, facts: HostFacts, ctx: Context, name: str) -> list
     """What the killed apply that left marker `name` left running."""
     marker = facts.lock_file(name, ctx.path(marker_path(name)))
     procs = {pid: facts.process(pid) for pid, _, _ in marker.processes}
-    return orphans_of(marker, procs, ctx.hostname)
+    held = facts.lock_held(ctx.path(lock_path(name))) if marker.processes else None
+    return orphans_of(marker, procs, ctx.hostname, held)
 
 
 def prometheus_argv(desired: Desired, ctx: Context, binary: str) -> list:

@@ -111,6 +111,9 @@ class FakeFacts:
 
         return self._service or ServiceFact("stopped", binary=f"/usr/bin/{binary}")
 
+    def lock_held(self, path: str):
+        return None
+
     def temp_leftovers(self, dirs: tuple) -> tuple:
         return tuple(self._temps)
 

@@ -175,6 +175,10 @@ def test_a_killed_apply_leaves_no_custom_command_running_beside_the_next(rig):  
     pgid = json.loads(marker.read_text())["processes"][0]["pgid"]
     assert _group_alive(pgid)
     setup(rig, env={"SLEEP": ""})  # the command finishes at once now
+    doc = json.loads(rig.run("plan", "--json").stdout)
+    orphan = next((c for c in doc["changes"] if c["address"] == "orphans:custom.blk"), None)
+    marker_doc = json.loads(marker.read_text())
+    assert orphan is not None and orphan["action"] == "delete", (marker_doc, [c["address"] for c in doc["changes"]])
     proc = rig.run("apply")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "orphans:custom.blk" in proc.stdout
