@@ -1,0 +1,121 @@
+"""A fleet through Ansible: ansible-core runs the module in ansible/library
+against four inventory hosts on this machine (local connection, one storage
+root each), two signature groups; the first host of each group primes first."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from test_ansible_fidelity import ansible_bin, ansible_env
+
+REPO = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+OWNER = (4242, 4242) if IS_ROOT else (os.getuid(), os.getgid())
+needs_ansible = pytest.mark.skipif(ansible_bin("ansible-playbook") is None, reason="ansible-core is not installed")
+
+PRIME = """
+import json, os, time
+d = os.environ["SGLPREP_CACHE_DIR"]
+open(os.path.join(d, "kernel.bin"), "w").write("k")
+with open(os.environ["FLEET_LOG"], "a") as fh:
+    fh.write(json.dumps({"dir": d, "t": time.time()}) + "\\n")
+time.sleep(0.3)
+"""
+
+
+@pytest.fixture
+def fleet():
+    base = Path(tempfile.mkdtemp(prefix="sglprep-fleet-"))
+    base.chmod(0o755)
+    log = base / "primed.jsonl"
+    log.touch()
+    log.chmod(0o666)
+    (base / "prime.py").write_text(PRIME)
+    import yaml
+
+    from runtime_fixture import make_runtime, runtime_python
+
+    rt_env = make_runtime(base / "rt")  # the fake runtime: GPUs for the probe
+    state = {"version": 1, "storage": {"min_free_gib": 0, **({"owner": f"{OWNER[0]}:{OWNER[1]}"} if IS_ROOT else {})},
+             "runtime": {"kind": "local", "python": runtime_python(), "env": rt_env},
+             "caches": {"deep_gemm": "skip", "moe_tune": "skip", "flashinfer": "skip", "inductor": "skip",
+                        "custom": {"warm": {"command": [runtime_python(), str(base / "prime.py")],
+                                            "env": {"FLEET_LOG": str(log)}}}}}
+    (base / "state.yaml").write_text(yaml.safe_dump(state))
+    (base / "prime.py").chmod(0o644)
+    hosts = {"h100": ["gpu01", "gpu02"], "h200": ["gpu03", "gpu04"]}
+    lines = ["all:", "  vars:", "    ansible_connection: local", f"    ansible_python_interpreter: {sys.executable}",
+             f"    sglprep_state: {base / 'state.yaml'}",
+             f"    sglprep_executable: [/usr/bin/env, 'PYTHONPATH={REPO}', {sys.executable}, -m, reconcile]",
+             "  children:"]
+    for group, names in hosts.items():
+        lines += [f"    {group}:", "      vars:", f"        sglprep_signature_group: {group}", "      hosts:"]
+        for name in names:
+            root = base / name
+            root.mkdir()
+            if IS_ROOT:
+                os.chown(root, *OWNER)
+            lines += [f"        {name}:", "          sglprep:", f"            storage: {{root: {root}/root}}"]
+    (base / "inventory.yaml").write_text("\n".join(lines) + "\n")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def playbook(base: Path, *args):
+    env = {**ansible_env(), "ANSIBLE_STDOUT_CALLBACK": "default", "ANSIBLE_FORKS": "4"}
+    return subprocess.run([ansible_bin("ansible-playbook"), "-i", str(base / "inventory.yaml"),
+                           str(REPO / "ansible/fleet.yml"), *args], cwd=base, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def recap(out: str) -> dict:
+    """host -> {ok, changed, failed, ...} from the PLAY RECAP."""
+    found = {}
+    for host, rest in re.findall(r"^(gpu\d+)\s+:\s+(.*)$", out, re.M):
+        found[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+    return found
+
+
+@needs_ansible
+def test_the_fleet_playbook_primes_leaders_first_converges_and_reports_drift(fleet):
+    proc = playbook(fleet)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = recap(proc.stdout)
+    assert set(first) == {"gpu01", "gpu02", "gpu03", "gpu04"}
+    assert all(r["changed"] == 1 and r["failed"] == 0 for r in first.values()), proc.stdout[-3000:]
+    primed = [json.loads(line) for line in (fleet / "primed.jsonl").read_text().splitlines()]
+    order = {Path(p["dir"]).parts[-5]: p["t"] for p in primed}  # .../<host>/root/profiles/custom/warm
+    assert max(order["gpu01"], order["gpu03"]) < min(order["gpu02"], order["gpu04"]), order
+    for host in first:  # each host has its own root, primed once
+        assert (fleet / host / "root/profiles/custom/warm/signature.json").exists()
+
+    again = recap(playbook(fleet).stdout)
+    assert all(r["changed"] == 0 for r in again.values()), again
+    check = playbook(fleet, "--check")
+    assert check.returncode == 0 and all(r["changed"] == 0 for r in recap(check.stdout).values())
+
+    shutil.rmtree(fleet / "gpu03/root/models")  # drift on one host
+    check = playbook(fleet, "--check", "--diff")
+    drift = recap(check.stdout)
+    assert drift["gpu03"]["changed"] == 1 and drift["gpu01"]["changed"] == 0, drift
+    assert "directory:models" in check.stdout
+    assert not (fleet / "gpu03/root/models").exists(), "check mode changed the host"
+
+
+@needs_ansible
+def test_a_blocked_host_fails_with_the_fix(fleet):
+    inv = fleet / "inventory.yaml"
+    inv.write_text(inv.read_text().replace(f"storage: {{root: {fleet}/gpu02/root}}",
+                                           "storage: {root: /proc/sglprep-cannot-be-here}"))
+    proc = playbook(fleet)
+    result = recap(proc.stdout)
+    assert result["gpu02"]["failed"] == 1 and result["gpu01"]["failed"] == 0, result
+    assert "check:storage_owner" in proc.stdout and "→" in proc.stdout
