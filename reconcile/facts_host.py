@@ -421,6 +421,16 @@ class HostFacts:
             return ServiceFact("running", pid=data["pid"], argv=argv, binary=found)
         return self._cached(("service", pid_file, binary, path_env), compute)
 
+    def bundle(self, settings: dict, file_name: str, signature: dict):
+        """Whether the bundle registry has this stage's bundle (facts_registry)."""
+        import json
+
+        from .facts_registry import bundle_fact
+
+        key = ("bundle", json.dumps(settings, sort_keys=True), file_name, json.dumps(signature, sort_keys=True,
+                                                                                     default=str))
+        return self._cached(key, lambda: bundle_fact(settings, file_name, signature, self._env))
+
     def lock_held(self, path: str) -> bool | None:
         """Whether a live process holds the flock of the lock at `path` (None:
         no lock file). A test lock, released at once; the file is not changed."""

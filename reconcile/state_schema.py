@@ -147,6 +147,16 @@ SCHEMA = S(kind="map", fields={
         "pointer_s": S(kind="number", minimum=0, exclusive_minimum=True, default=120),
     }),
     "heartbeat_s": S(kind="number", minimum=0, exclusive_minimum=True, default=60),
+    "bundles": S(kind="map", fields={
+        "registry": S(kind="str", default=None, doc="host:port of an OCI registry; unset: no bundles"),
+        "repository": S(kind="str", default="sglprep-caches",
+                        check=lambda v: None if re.match(r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$", v)
+                        else f"is not an OCI repository name: {v!r}"),
+        "pull": S(kind="bool", default=True, doc="pull a bundle instead of compiling when the registry has one"),
+        "push": S(kind="bool", default=True, doc="push what this host compiled and verified"),
+        "insecure": S(kind="bool", default=False, doc="plain HTTP (a registry on loopback)"),
+        "timeout_s": S(kind="number", minimum=0, exclusive_minimum=True, default=10),
+    }),
     "inventory": S(kind="map", fields={
         "hash_behaviour": S(kind="enum", choices=("replace", "merge"), default="replace",
                             doc="how `sglprep:` mappings from several inventory levels combine (Ansible's)"),

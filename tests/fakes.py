@@ -111,6 +111,11 @@ class FakeFacts:
 
         return self._service or ServiceFact("stopped", binary=f"/usr/bin/{binary}")
 
+    def bundle(self, settings: dict, file_name: str, signature: dict):
+        from reconcile.facts_registry import BundleFact
+
+        return BundleFact("disabled")
+
     def lock_held(self, path: str):
         return None
 

@@ -36,8 +36,8 @@ def load_state(tmp_path, text: str, inventory: str | None = None, limit: str = "
 BAD_STATES = [
     ("syntax", "version: 1\ntp: [1,\n", "s.yaml:3: YAML syntax error: did not find expected node content"),
     ("unknown-top", "version: 1\ntpp: 2\n",
-     "s.yaml:2: tpp: unknown key (did you mean 'tp'?); expected one of caches, heartbeat_s, inventory, model, "
-     "runtime, server, storage, telemetry, timeouts, tp, version"),
+     "s.yaml:2: tpp: unknown key (did you mean 'tp'?); expected one of bundles, caches, heartbeat_s, inventory, "
+     "model, runtime, server, storage, telemetry, timeouts, tp, version"),
     ("unknown-nested", "storage:\n  roots: /x\n",
      "s.yaml:2: storage.roots: unknown key (did you mean 'root'?); expected one of min_free_gib, owner, "
      "ownership, root"),

@@ -57,6 +57,9 @@ class FlashInfer(Stage):
     starts_server = True
     own_depends = ("check:flashinfer_toolchain", "flashinfer:incomplete")
     resource_types = ("flashinfer",)
+    # build.ninja holds absolute paths and ninja compares mtimes and command
+    # hashes: a moved cache rebuilds in full until bundles relocate it
+    portable = False
     doc = "FlashInfer JIT modules (a warm-up server, or direct per-module builds)"
 
     @classmethod

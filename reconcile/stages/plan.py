@@ -60,8 +60,25 @@ def stage_change(stage, desired, facts, ctx, runtime, verify: bool = False):
     cache_problem = stage.observe(facts, ctx, runtime) if active else ""
     container = data["runtime"]["container"]["name"] if ctx.runtime_kind == "docker" else ""
     problem = stage.option_problem(runtime) or (linked_dir(facts, ctx, stage.cache_dir) if active else "")
-    return diff_stage(stage, want, runtime, sig, marker if marker.kind != "missing" else None, ctx.hostname,
-                      data["server"]["port"], cache_problem, problem, container, artifacts)
+    change = diff_stage(stage, want, runtime, sig, marker if marker.kind != "missing" else None, ctx.hostname,
+                        data["server"]["port"], cache_problem, problem, container, artifacts)
+    bundles = data["bundles"]
+    if change.action == "run" and stage.portable and bundles["registry"] and bundles["pull"] \
+            and change.reason in BUNDLE_REASONS and want:
+        found = facts.bundle(bundles, stage.file_name, want)
+        observed = {**change.observed, "bundle": found.digest or found.kind}
+        if found.kind == "present":
+            change = change._replace(message=f"{change.message}; pull bundle {found.digest[:19]}… (saves a compile)",
+                                     observed=observed)
+        elif found.kind == "unreachable":
+            change = change._replace(message=f"{change.message}; compiles here: {found.error}", observed=observed)
+    return change
+
+
+# a stage that needs priming for one of these can take a bundle instead
+# (rebuild asks for a fresh compile: never a bundle)
+BUNDLE_REASONS = ("no_signature", "signature_changed", "signature_unreadable", "manifest_missing", "artifact_damaged",
+                  "partial")
 
 
 def linked_dir(facts, ctx, rel: str) -> str:

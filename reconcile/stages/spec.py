@@ -40,6 +40,7 @@ class Stage:
     own_depends: tuple = ()  # addresses besides the common ones (before the server's)
     conditional_routing: dict = {}  # env var -> dir under profiles/, routed only once this cache is valid
     resource_types: tuple = ()  # extra resource types this kind plans and applies (e.g. `flashinfer`)
+    portable: bool = True  # its cache can move to another storage root as is (bundles)
     doc: str = ""
 
     def __init__(self, data: dict, name: str | None = None):
