@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries whose newest file is older")
     p.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
 
+    p = sub.add_parser("bundles", help="cache bundles in the OCI registry (state key bundles:)")
+    _global_options(p, suppress=True)
+    p.add_argument("action", choices=("list",), help="list: what the registry holds for this host's stages")
+
     p = sub.add_parser("validate", help="parse and validate state and inventory; print the merged desired state")
     _global_options(p, suppress=True)
 
@@ -535,5 +539,54 @@ def cmd_reset(args) -> int:
     return EXIT_ERROR if report["errors"] else EXIT_OK
 
 
-COMMANDS = {"plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render,
+def cmd_bundles(args) -> int:
+    """What the registry holds for this host's stages: the tag each active
+    stage's signature maps to, and whether a bundle is there."""
+    from .facts_host import HostFacts
+    from .facts_registry import Registry, bundle_tag
+    from .plan import resolve_context
+    from .stages import catalog
+    from .stages.plan import runtime_facts, want_signature
+
+    desired = _load(args)
+    settings = desired.data["bundles"]
+    if not settings["registry"]:
+        raise InputError(desired.state_file, None, "bundles.registry", "no registry is set: bundles are off")
+    facts = HostFacts()
+    ctx = resolve_context(desired, facts)
+    runtime = runtime_facts(desired, facts, ctx)
+    rows = []
+    for stage in catalog.stages(desired.data):
+        if stage.mode == "skip":
+            continue
+        if not stage.portable:
+            rows.append({"stage": stage.name, "tag": None, "present": False, "digest": None,
+                         "note": "not portable (its cache holds absolute paths)"})
+            continue
+        want = want_signature(stage, desired, runtime)
+        if not want:
+            rows.append({"stage": stage.name, "tag": None, "present": False, "digest": None,
+                         "note": runtime.problem or "runtime not probed"})
+            continue
+        found = facts.bundle({**settings, "pull": True}, stage.file_name, want)
+        rows.append({"stage": stage.name, "tag": bundle_tag(stage.file_name, want), "present": found.kind == "present",
+                     "digest": found.digest or None, "size_bytes": found.size or None,
+                     **({"note": found.error} if found.error else {})})
+    try:
+        tags = Registry(settings["registry"], settings["insecure"], settings["timeout_s"]).tags(settings["repository"])
+    except OSError as exc:
+        raise InputError(desired.state_file, None, "bundles.registry", str(exc)) from None
+    doc = {"registry": settings["registry"], "repository": settings["repository"], "host": desired.host,
+           "stages": rows, "tags": tags}
+    if args.json:
+        _emit_json(doc)
+        return EXIT_OK
+    print(f"sglprep bundles · {desired.host} · {settings['registry']}/{settings['repository']}: {len(tags)} bundle(s)")
+    for row in rows:
+        state = "present " + (row["digest"] or "")[:19] if row["present"] else (row.get("note") or "absent")
+        print(f"  {row['stage']:<18} {row['tag'] or '-':<56} {state}")
+    return EXIT_OK
+
+
+COMMANDS = {"bundles": cmd_bundles, "plan": cmd_plan, "apply": cmd_apply, "validate": cmd_validate, "render": cmd_render,
             "inspect": cmd_inspect, "reset": cmd_reset}

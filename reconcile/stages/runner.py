@@ -137,6 +137,7 @@ class StageRun:
         self._facts = facts
         self.interrupted: Interrupted | None = None  # set by run(); the executor re-raises it after journaling
         self.verify_artifacts = False  # re-hash artifacts in the re-check (as the plan did)
+        self._files: list = []  # the manifest's entries of the stage just primed (what a bundle carries)
 
     # ------------------------------------------------------------ toolbox
     def facts(self):
@@ -373,7 +374,9 @@ class StageRun:
                     beat.set("repair")
                     out.artifacts["repaired"] = self._remove_damaged(stage, fresh.observed["artifacts"]["damaged"])
                 before = self._disk(stage)
-                stage.prime(self, out, beat)
+                pulled = self._try_pull(stage, want, out, beat)
+                if not pulled:
+                    stage.prime(self, out, beat)
                 after = self._disk(stage)
                 out.artifacts["files_delta"] = after.files - before.files
                 out.artifacts["disk_delta_bytes"] = after.bytes - before.bytes
@@ -383,6 +386,8 @@ class StageRun:
                 beat.set("manifest")
                 self._write_manifest(stage, out)
                 self._write_signature(stage, want, stage.fills(out))
+                if not pulled:
+                    self._push(stage, want, out, beat)
                 self._remove_marker(stage)
                 out.status = "ok"
         except StageFailed as exc:
@@ -489,6 +494,71 @@ class StageRun:
             except FileNotFoundError:
                 pass
 
+    # ------------------------------------------------------------ bundles
+    def _bundles(self, stage: Stage) -> dict | None:
+        settings = self.data["bundles"]
+        return settings if settings["registry"] and stage.portable else None
+
+    def _registry(self, settings: dict):
+        from ..facts_registry import Registry
+
+        return Registry(settings["registry"], settings["insecure"], settings["timeout_s"],
+                        getattr(self.runtime, "environ", None))
+
+    def _try_pull(self, stage: Stage, want: dict, out, beat) -> bool:
+        """The cache from the registry instead of a compile, when it has this
+        signature's bundle and the bundle checks out; False: compile here."""
+        from ..exec_bundles import BundleError, pull
+        from ..facts_registry import bundle_fact
+
+        settings = self._bundles(stage)
+        if settings is None or not settings["pull"]:
+            return False
+        found = bundle_fact(settings, stage.file_name, want, getattr(self.runtime, "environ", None))
+        if found.kind != "present":
+            if found.kind == "unreachable":
+                out.warnings.append(f"bundle registry unreachable, compiled here: {found.error}")
+            return False
+        beat.set("pull bundle")
+        try:
+            files, fills = pull(self._registry(settings), settings["repository"], found.tag, found.digest,
+                                self.ctx.root, stage.artifact_dirs(), self.owner,
+                                {name: rel for name, (rel, _) in catalog.caches().items()}, signature=want)
+        except BundleError as exc:
+            out.warnings.append(f"bundle {found.tag} refused, compiled here: {exc}")
+            self.log.optimize(stage.name, "progress", f"bundle refused: {exc}", hint="bundle")
+            return False
+        out.artifacts["bundle"] = {"pulled": found.digest, "tag": found.tag, "files": len(files),
+                                   "registry": settings["registry"], "repository": settings["repository"]}
+        if fills:
+            out.artifacts["filled"] = fills
+        self.log.optimize(stage.name, "progress", f"pulled bundle {found.tag} ({len(files)} files)", hint="bundle")
+        return True
+
+    def _push(self, stage: Stage, want: dict, out, beat) -> None:
+        """Publish what this host compiled and verified (never a failed or partial cache)."""
+        from .. import __version__
+        from ..exec_bundles import BundleError, push
+        from ..facts_registry import bundle_tag
+
+        settings = self._bundles(stage)
+        if settings is None or not settings["push"] or not self._files:
+            return
+        beat.set("push bundle")
+        tag = bundle_tag(stage.file_name, want)
+        provenance = {"sglprep_version": __version__, "packages": dict(self.rt.packages),
+                      "gpu": self.rt.gpus[0].name if self.rt.gpus else "",
+                      "compute_capability": self.rt.gpus[0].compute_cap if self.rt.gpus else "",
+                      "image": self.data["runtime"]["container"]["image"] if self.ctx.runtime_kind == "docker" else ""}
+        try:
+            digest = push(self._registry(settings), settings["repository"], tag, self.ctx.root, stage.name, want,
+                          self._files, provenance, stage.fills(out))
+        except (BundleError, OSError) as exc:
+            out.warnings.append(f"bundle not pushed: {exc}")
+            return
+        out.artifacts["bundle"] = {"pushed": digest, "tag": tag, "files": len(self._files),
+                                   "registry": settings["registry"], "repository": settings["repository"]}
+
     def _disk(self, stage: Stage):
         """Files and bytes in the stage's dirs (for files_delta, disk_delta_bytes)."""
         from ..facts_host import TreeStats, tree_stats
@@ -530,6 +600,7 @@ class StageRun:
 
         filled = [catalog.caches()[name][0] for name in stage.fills(out) if name in catalog.caches()]
         files = collect(self.ctx.root, tuple(dict.fromkeys((*stage.artifact_dirs(), *filled))), stage.keeps)
+        self._files = files
         path = self.path(stage.manifest_rel(self.slug))
         with self.owner():
             os.makedirs(os.path.dirname(path), exist_ok=True)

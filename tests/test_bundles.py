@@ -1,0 +1,217 @@
+"""Cache bundles through a real OCI registry (Debian's docker-registry on
+loopback): a host that compiled pushes, a host at another storage root
+pulls instead of compiling, a tampered bundle is refused with nothing
+written, a registry that is down means compiling here."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from test_stages import DENSE, Rig
+
+REGISTRY = shutil.which("docker-registry")
+needs_registry = pytest.mark.skipif(REGISTRY is None, reason="Debian's docker-registry is not installed")
+
+PRIME = """
+import json, os, time
+d = os.environ["SGLPREP_CACHE_DIR"]
+os.makedirs(os.path.join(d, "kernels"), exist_ok=True)
+for i in range(3):
+    open(os.path.join(d, "kernels", f"k{i}.bin"), "wb").write(os.urandom(2048))
+with open(os.environ["COMPILE_LOG"], "a") as fh:
+    fh.write(d + "\\n")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    work = Path(tempfile.mkdtemp(prefix="sglprep-registry-"))
+    port = free_port()
+    (work / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
+                                     f"http:\n  addr: 127.0.0.1:{port}\n")
+    proc = subprocess.Popen([REGISTRY, "serve", str(work / "config.yml")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    import httpx
+
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}", work / "data"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def hosts(registry):
+    """Hosts at different storage roots with the same runtime and stage."""
+    shared = Path(tempfile.mkdtemp(prefix="sglprep-bundle-shared-"))
+    shared.chmod(0o755)
+    (shared / "prime.py").write_text(PRIME)
+    (shared / "prime.py").chmod(0o644)
+    log = shared / "compiled.log"
+    log.touch()
+    log.chmod(0o666)
+    made = []
+
+    def make(registry_addr: str = registry[0], repository: str = "fleet"):
+        base = Path(tempfile.mkdtemp(prefix="sglprep-bundle-"))
+        base.chmod(0o755)
+        rig = Rig(base, DENSE)
+        rig.write(caches={"deep_gemm": "skip", "flashinfer": "skip", "inductor": "skip",
+                          "custom": {"warm": {"command": [rig.state["runtime"]["python"], str(shared / "prime.py")],
+                                              "env": {"COMPILE_LOG": str(log)}}}},
+                  bundles={"registry": registry_addr, "repository": repository, "insecure": True, "timeout_s": 3})
+        made.append(base)
+        return rig
+
+    yield make, log
+    for base in made + [shared]:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def stage_result(proc, rig) -> dict:
+    return rig.prep_result(proc)[1]["stages"]["custom/warm"]
+
+
+@needs_registry
+def test_one_host_compiles_and_pushes_another_pulls(hosts):
+    make, log = hosts
+    a, b = make(), make()
+    proc = a.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pushed = stage_result(proc, a)["artifacts"]["bundle"]
+    assert pushed["pushed"].startswith("sha256:") and pushed["files"] == 3
+    assert len(log.read_text().splitlines()) == 1
+
+    doc = json.loads(b.run("plan", "--json").stdout)
+    change = next(c for c in doc["changes"] if c["address"] == "stage:custom/warm")
+    assert change["action"] == "run" and "; pull bundle sha256:" in change["message"]
+    listed = json.loads(b.run("bundles", "list", "--json").stdout)
+    [row] = [r for r in listed["stages"] if r["stage"] == "custom/warm"]
+    assert row["present"] and row["tag"] == pushed["tag"] and row["tag"] in listed["tags"]
+    proc = b.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pulled = stage_result(proc, b)["artifacts"]["bundle"]
+    assert pulled["pulled"] == pushed["pushed"] and pulled["files"] == 3
+    assert len(log.read_text().splitlines()) == 1, "the second host compiled instead of pulling"
+    for name in ("k0.bin", "k1.bin", "k2.bin"):
+        assert (b.root / "profiles/custom/warm/kernels" / name).read_bytes() == \
+            (a.root / "profiles/custom/warm/kernels" / name).read_bytes()
+    if os.geteuid() == 0:
+        assert (b.root / "profiles/custom/warm/kernels/k0.bin").stat().st_uid == 4242
+    assert b.run("plan", "--detailed-exitcode").returncode == 0  # pulled, proven, converged
+    assert b.run("plan", "--verify", "--detailed-exitcode").returncode == 0
+
+
+@needs_registry
+def test_a_tampered_bundle_is_refused_and_nothing_of_it_is_written(hosts, registry):
+    make, log = hosts
+    a = make(repository="tamper")
+    proc = a.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blobs = registry[1] / "docker/registry/v2/blobs/sha256"
+
+    def blob(digest: str) -> Path:
+        hexed = digest.split(":", 1)[1]
+        return blobs / hexed[:2] / hexed / "data"
+
+    manifest = json.loads(blob(stage_result(proc, a)["artifacts"]["bundle"]["pushed"]).read_text())
+    layer = blob(manifest["layers"][0]["digest"])
+    data = bytearray(layer.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    layer.write_bytes(bytes(data))
+    b = make(repository="tamper")
+    before = len(log.read_text().splitlines())
+    proc = b.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warm = stage_result(proc, b)
+    assert any("refused" in w and ("digest mismatch" in w or "gzip" in w.lower() or "does not match" in w)
+               for w in warm["warnings"]), warm["warnings"]
+    assert len(log.read_text().splitlines()) == before + 1  # compiled here instead
+    assert not list((b.root / "profiles").glob(".bundle-*")), "a staging dir was left behind"
+
+
+def test_bundle_members_that_escape_or_link_are_refused(tmp_path):
+    from reconcile.exec_bundles import BundleError, unpack
+
+    def layer(members):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, kind in members:
+                info = tarfile.TarInfo(name)
+                if kind == "link":
+                    info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                    tar.addfile(info)
+                else:
+                    info.size = 1
+                    tar.addfile(info, io.BytesIO(b"x"))
+        return buf.getvalue()
+
+    root = tmp_path / "root"
+    (root / "profiles").mkdir(parents=True)
+    owner = __import__("contextlib").nullcontext
+    for members in ([("profiles/custom/warm/../../../escape", "file")], [("/etc/evil", "file")],
+                    [("profiles/custom/warm/link", "link")], [("profiles/triton/other", "file")]):
+        with pytest.raises(BundleError):
+            unpack(layer(members), str(root), ("profiles/custom/warm",), owner, {m[0]: {} for m in members})
+    assert sorted(p.name for p in (root / "profiles").iterdir()) == []
+    assert not (tmp_path / "escape").exists()
+
+
+@needs_registry
+def test_a_registry_that_is_down_means_compiling_here(hosts):
+    make, log = hosts
+    b = make(registry_addr=f"127.0.0.1:{free_port()}")
+    doc = json.loads(b.run("plan", "--json").stdout)
+    change = next(c for c in doc["changes"] if c["address"] == "stage:custom/warm")
+    assert "compiles here: registry 127.0.0.1:" in change["message"]
+    proc = b.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warm = stage_result(proc, b)
+    assert "bundle" not in warm["artifacts"] or "pushed" not in warm["artifacts"]["bundle"]
+    assert any("registry unreachable" in w or "not pushed" in w for w in warm["warnings"]), warm["warnings"]
+
+
+@needs_registry
+def test_a_bundle_for_another_signature_under_this_tag_is_refused(hosts, registry):
+    from reconcile.exec_bundles import push
+    from reconcile.facts_registry import Registry
+
+    make, log = hosts
+    a = make(repository="mislabelled")
+    proc = a.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pushed = stage_result(proc, a)["artifacts"]["bundle"]
+    sig = {"gpu": "some other GPU", "stage": "custom/warm"}  # the tag stays, the signature differs
+    files = [{"path": str(p.relative_to(a.root)), "size": p.stat().st_size,
+              "sha256": "sha256:" + __import__("hashlib").sha256(p.read_bytes()).hexdigest()}
+             for p in sorted((a.root / "profiles/custom/warm").rglob("*.bin"))]
+    push(Registry(registry[0], True, 3, {}), "mislabelled", pushed["tag"], str(a.root), "custom/warm", sig, files, {})
+    b = make(repository="mislabelled")
+    before = len(log.read_text().splitlines())
+    proc = b.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warm = stage_result(proc, b)
+    assert any("another signature" in w for w in warm["warnings"]), warm["warnings"]
+    assert len(log.read_text().splitlines()) == before + 1
