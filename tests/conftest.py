@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 
+from registry_fixture import registry  # noqa: F401 - a loopback OCI registry for the bundle and fleet tests
+
 RESULTS: dict = {}
 
 

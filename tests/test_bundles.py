@@ -8,19 +8,15 @@ import io
 import json
 import os
 import shutil
-import socket
-import subprocess
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from test_stages import DENSE, Rig
 
-REGISTRY = shutil.which("docker-registry")
-needs_registry = pytest.mark.skipif(REGISTRY is None, reason="Debian's docker-registry is not installed")
+from registry_fixture import free_port, needs_registry
 
 PRIME = """
 import json, os, time
@@ -31,35 +27,6 @@ for i in range(3):
 with open(os.environ["COMPILE_LOG"], "a") as fh:
     fh.write(d + "\\n")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registry():
-    work = Path(tempfile.mkdtemp(prefix="sglprep-registry-"))
-    port = free_port()
-    (work / "config.yml").write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-                                     f"http:\n  addr: 127.0.0.1:{port}\n")
-    proc = subprocess.Popen([REGISTRY, "serve", str(work / "config.yml")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    import httpx
-
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield f"127.0.0.1:{port}", work / "data"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture

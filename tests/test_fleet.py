@@ -119,3 +119,87 @@ def test_a_blocked_host_fails_with_the_fix(fleet):
     result = recap(proc.stdout)
     assert result["gpu02"]["failed"] == 1 and result["gpu01"]["failed"] == 0, result
     assert "check:storage_owner" in proc.stdout and "→" in proc.stdout
+
+
+from registry_fixture import needs_registry  # noqa: E402 - the `registry` fixture is in conftest
+
+SKUS = {"h100": [("NVIDIA H100 80GB HBM3", "9.0", "580.159.04")],
+        "h200": [("NVIDIA H200", "9.0", "580.159.04")]}
+
+
+@pytest.fixture
+def bundled_fleet(registry):
+    """Four hosts, two GPU SKUs (a fake runtime each), one loopback registry."""
+    import yaml
+
+    from runtime_fixture import make_runtime, runtime_python
+
+    base = Path(tempfile.mkdtemp(prefix="sglprep-fleet-bundles-"))
+    base.chmod(0o755)
+    log = base / "primed.jsonl"
+    log.touch()
+    log.chmod(0o666)
+    (base / "prime.py").write_text(PRIME)
+    (base / "prime.py").chmod(0o644)
+    lines = ["all:", "  vars:", "    ansible_connection: local", f"    ansible_python_interpreter: {sys.executable}",
+             f"    sglprep_executable: [/usr/bin/env, 'PYTHONPATH={REPO}', {sys.executable}, -m, reconcile]",
+             "  children:"]
+    for sku, gpus in SKUS.items():
+        state = {"version": 1,
+                 "storage": {"min_free_gib": 0, **({"owner": f"{OWNER[0]}:{OWNER[1]}"} if IS_ROOT else {})},
+                 "runtime": {"kind": "local", "python": runtime_python(), "env": make_runtime(base / f"rt-{sku}",
+                                                                                            gpus=gpus)},
+                 "bundles": {"registry": registry[0], "repository": "fleet-e2e", "insecure": True, "timeout_s": 5},
+                 "caches": {"deep_gemm": "skip", "moe_tune": "skip", "flashinfer": "skip", "inductor": "skip",
+                            "custom": {"warm": {"command": [runtime_python(), str(base / "prime.py")],
+                                                "env": {"FLEET_LOG": str(log)}}}}}
+        (base / f"{sku}.yaml").write_text(yaml.safe_dump(state))
+        lines += [f"    {sku}:", "      vars:", f"        sglprep_signature_group: {sku}",
+                  f"        sglprep_state: {base / f'{sku}.yaml'}", "      hosts:"]
+        for name in [f"{sku}-a", f"{sku}-b"]:
+            root = base / name
+            root.mkdir()
+            if IS_ROOT:
+                os.chown(root, *OWNER)
+            lines += [f"        {name}:", "          sglprep:", f"            storage: {{root: {root}/root}}"]
+    (base / "inventory.yaml").write_text("\n".join(lines) + "\n")
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def last_result(root: Path) -> dict:
+    """The newest prep_result.json an apply wrote under a storage root."""
+    return json.loads(max(root.rglob("prep_result.json"), key=lambda p: p.stat().st_mtime).read_text())
+
+
+def sku_recap(out: str) -> dict:
+    return {host: {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+            for host, rest in re.findall(r"^(h[12]00-[ab])\s+:\s+(.*)$", out, re.M)}
+
+
+@needs_ansible
+@needs_registry
+def test_a_fleet_compiles_once_per_signature_and_the_rest_pull(bundled_fleet):
+    base = bundled_fleet
+    proc = playbook(base)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    first = sku_recap(proc.stdout)
+    assert set(first) == {"h100-a", "h100-b", "h200-a", "h200-b"}
+    assert all(r["changed"] == 1 and r["failed"] == 0 for r in first.values()), proc.stdout[-3000:]
+    compiled = sorted(Path(json.loads(line)["dir"]).parts[-5]
+                      for line in (base / "primed.jsonl").read_text().splitlines())
+    assert compiled == ["h100-a", "h200-a"], "one compile per distinct signature, on each group's first host"
+    for host in first:
+        root = base / host / "root"
+        bundle = last_result(root)["stages"]["custom/warm"]["artifacts"]["bundle"]
+        assert ("pushed" if host.endswith("-a") else "pulled") in bundle, (host, bundle)
+        assert (root / "profiles/custom/warm/kernel.bin").read_text() == "k"
+    pushed = {h: last_result(base / h / "root")["stages"]["custom/warm"]["artifacts"]["bundle"]["tag"]
+              for h in ("h100-a", "h200-a")}
+    assert pushed["h100-a"] != pushed["h200-a"], "two GPU SKUs must not share a bundle"
+
+    again = playbook(base)
+    assert again.returncode == 0 and all(r["changed"] == 0 for r in sku_recap(again.stdout).values()), again.stdout
+    check = playbook(base, "--check")
+    assert check.returncode == 0 and all(r["changed"] == 0 for r in sku_recap(check.stdout).values())
+    assert len((base / "primed.jsonl").read_text().splitlines()) == 2
