@@ -68,14 +68,16 @@ def pack(root: str, files: list) -> bytes:
 
 
 def push(registry: Registry, repository: str, tag: str, root: str, stage: str, signature: dict, files: list,
-         provenance: dict, fills: list = ()) -> str:
+         provenance: dict, fills: list = (), anchors: dict | None = None) -> str:
     """Push the bundle; its manifest digest. `fills`: other caches the stage
-    filled (their files are in `files`)."""
+    filled (their files are in `files`); `anchors`: the absolute paths the
+    cache records, so a pulling host can relocate it."""
     import httpx
 
     layer = pack(root, files)
     config = json.dumps({"schema_version": "1", "stage": stage, "tag": tag, "signature": signature, "files": files,
-                         "fills": list(fills), "provenance": provenance}, sort_keys=True).encode()
+                         "fills": list(fills), "anchors": dict(anchors or {}), "provenance": provenance},
+                        sort_keys=True).encode()
     layer_digest = _upload(registry, repository, layer)
     config_digest = _upload(registry, repository, config)
     manifest = {
@@ -100,10 +102,11 @@ def push(registry: Registry, repository: str, tag: str, root: str, stage: str, s
 
 
 def pull(registry: Registry, repository: str, tag: str, expected: str, root: str, allowed: tuple, owner,
-         cache_dirs: dict | None = None, signature: dict | None = None) -> tuple[list, list]:
+         cache_dirs: dict | None = None, signature: dict | None = None) -> tuple[list, list, dict]:
     """Fetch, check and unpack the bundle `tag`: (files put in place, the
-    caches it also fills). `cache_dirs`: cache name -> dir, for the caches a
-    bundle says its stage filled (their files may be unpacked there too)."""
+    caches it also fills, the anchors it recorded). `cache_dirs`: cache name
+    -> dir, for the caches a bundle says its stage filled (their files may be
+    unpacked there too)."""
     try:
         manifest, digest = registry.manifest(repository, tag)
     except LookupError:
@@ -137,7 +140,8 @@ def pull(registry: Registry, repository: str, tag: str, expected: str, root: str
     files = {f["path"]: f for f in config.get("files") or []}
     fills = [name for name in config.get("fills") or [] if name in (cache_dirs or {})]
     allowed = tuple(allowed) + tuple(cache_dirs[name] for name in fills)
-    return unpack(layer, root, allowed, owner, files), fills
+    anchors = config.get("anchors") if isinstance(config.get("anchors"), dict) else {}
+    return unpack(layer, root, allowed, owner, files), fills, anchors
 
 
 def _safe_member(member: tarfile.TarInfo, allowed: tuple) -> str:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
@@ -182,3 +183,59 @@ def test_a_bundle_for_another_signature_under_this_tag_is_refused(hosts, registr
     warm = stage_result(proc, b)
     assert any("another signature" in w for w in warm["warnings"]), warm["warnings"]
     assert len(log.read_text().splitlines()) == before + 1
+
+
+@needs_registry
+def test_a_flashinfer_cache_pulled_to_another_root_is_relocated_and_builds_nothing(registry):
+    """FlashInfer's build.ninja records the storage root and the package's
+    install path (both differ on host B); the pulled cache is relocated
+    (paths, .ninja_log hashes, .ninja_deps, mtimes) and judged as a local
+    build is: ninja has no work, nothing is compiled on B."""
+    from test_stages import direct_rig
+
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja is not installed")
+    made = []
+    try:
+        rigs = []
+        for _ in range(2):
+            base = Path(tempfile.mkdtemp(prefix="sglprep-fi-bundle-"))
+            base.chmod(0o755)
+            made.append(base)
+            rig = Rig(base, DENSE)
+            direct_rig(rig)
+            rig.write(bundles={"registry": registry[0], "repository": "flashinfer", "insecure": True, "timeout_s": 5})
+            rigs.append(rig)
+        a, b = rigs
+        proc = a.run("apply")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        fi_a = stage_result_named(proc, a, "flashinfer")
+        assert fi_a["artifacts"]["bundle"]["pushed"] and all(m["cold"] for m in fi_a["artifacts"]["modules"])
+
+        doc = json.loads(b.run("plan", "--json").stdout)
+        change = next(c for c in doc["changes"] if c["address"] == "stage:flashinfer")
+        assert "; pull bundle sha256:" in change["message"], change["message"]
+        proc = b.run("apply")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        fi_b = stage_result_named(proc, b, "flashinfer")
+        assert fi_b["artifacts"]["bundle"]["pulled"] == fi_a["artifacts"]["bundle"]["pushed"], fi_b["warnings"]
+        assert "modules" not in fi_b["artifacts"], "host B built FlashInfer modules instead of using the bundle"
+        moved = dict(map(tuple, fi_b["artifacts"]["relocated"]["moves"]))
+        assert moved[str(a.root / "profiles")] == str(b.root / "profiles")
+        assert fi_b["evidence"]["ok"] and {m["ninja"] for m in fi_b["evidence"]["modules"]} == {"clean"}, fi_b["evidence"]
+        ninjas = list((b.root / "profiles/flashinfer").rglob("build.ninja"))
+        assert len(ninjas) == 2
+        for path in ninjas:
+            text = path.read_text()
+            assert str(a.root) not in text and str(a.base / "rt") not in text and str(b.root) in text
+            dry = subprocess.run(["ninja", "-n", "-C", str(path.parent)], capture_output=True, text=True)
+            assert "no work to do" in dry.stdout, dry.stdout
+        assert b.run("plan", "--detailed-exitcode").returncode == 0
+    finally:
+        for base in made:
+            if not os.environ.get("KEEP"):
+                shutil.rmtree(base, ignore_errors=True)
+
+
+def stage_result_named(proc, rig, name: str) -> dict:
+    return rig.prep_result(proc)[1]["stages"][name]

@@ -58,8 +58,8 @@ class FlashInfer(Stage):
     own_depends = ("check:flashinfer_toolchain", "flashinfer:incomplete")
     resource_types = ("flashinfer",)
     # build.ninja holds absolute paths and ninja compares mtimes and command
-    # hashes: a moved cache rebuilds in full until bundles relocate it
-    portable = False
+    # hashes: a pulled cache is relocated (paths rewritten, .ninja_log hashes
+    # recomputed, .ninja_deps re-encoded, mtimes restamped) before it is judged
     doc = "FlashInfer JIT modules (a warm-up server, or direct per-module builds)"
 
     @classmethod
@@ -76,6 +76,14 @@ class FlashInfer(Stage):
     def keeps(self, rel: str) -> bool:
         # the modules' shared objects: ninja rewrites its own logs and objects, the .so is what loads
         return rel.endswith(".so") and "/cached_ops/" in rel
+
+    def bundle_keeps(self, rel: str) -> bool:
+        # the whole build tree: without build.ninja, its logs, the objects and
+        # the generated sources FlashInfer's JIT would run ninja and rebuild
+        name = rel.rsplit("/", 1)[-1]
+        return "/cached_ops/tmp/" not in rel and not (
+            name in ("signature.json", "manifest.json") or name.endswith((".log", ".lock", ".tmp", ".new"))
+            or name.startswith(".write_test"))
 
     def repair_targets(self, damaged: tuple) -> tuple:
         # a module's whole build dir: with a damaged .so left in place ninja sees no work
@@ -139,6 +147,34 @@ class FlashInfer(Stage):
     def problem_now(self, run) -> str:
         """The cache's warmth as the host sees it right now ("" = warm)."""
         return self.observe(run.facts(), run.ctx, run.rt)
+
+    # ------------------------------------------------------------ bundles
+    def anchors(self, run) -> dict:
+        return {"profiles": run.ctx.runtime_path("profiles"), "flashinfer_data": run.rt.flashinfer_data_dir}
+
+    def relocate(self, run, anchors: dict, out) -> None:
+        from ..exec_relocate import RelocateError, relocate_build_tree
+
+        mine = self.anchors(run)
+        moves = [(anchors[k], mine[k]) for k in sorted(mine)
+                 if isinstance(anchors.get(k), str) and anchors[k].startswith("/") and mine[k] and anchors[k] != mine[k]]
+        ops = self.cached_ops(run.ctx, run.rt)
+        if not moves or ops is None:
+            return
+        try:
+            with run.owner():
+                summary = relocate_build_tree(ops[0], moves)
+        except (RelocateError, OSError) as exc:
+            raise StageFailed("relocate_failed", f"relocating the pulled FlashInfer cache: {exc}") from None
+        out.artifacts["relocated"] = {**summary, "moves": [list(m) for m in moves]}
+
+    def pulled_problem(self, run) -> str:
+        problem = self.problem_now(run)
+        if problem or run.ctx.runtime_kind != "local" or not run.rt.ninja:
+            return problem
+        # a pulled tree must be proven by ninja itself: every module dry-runs clean
+        unproven = [m.name for m in self.modules(run.facts(), run.ctx, run.rt) if m.ninja != "clean"]
+        return f"ninja cannot prove {len(unproven)} module(s) clean: {unproven[0]}" if unproven else ""
 
     # ------------------------------------------------------------ apply
     def prime(self, run, out, beat) -> None:

@@ -375,14 +375,20 @@ class StageRun:
                     out.artifacts["repaired"] = self._remove_damaged(stage, fresh.observed["artifacts"]["damaged"])
                 before = self._disk(stage)
                 pulled = self._try_pull(stage, want, out, beat)
+                if pulled and stage.opts.get("verify"):
+                    beat.set("verify")
+                    try:  # verified exactly as a local build; a bundle that fails it means compiling here
+                        out.evidence = stage.verify(self, out, beat)
+                    except StageFailed as exc:
+                        pulled = self._drop_pulled(stage, out, f"failed verification here: {exc}")
                 if not pulled:
                     stage.prime(self, out, beat)
+                    if stage.opts.get("verify"):
+                        beat.set("verify")
+                        out.evidence = stage.verify(self, out, beat)
                 after = self._disk(stage)
                 out.artifacts["files_delta"] = after.files - before.files
                 out.artifacts["disk_delta_bytes"] = after.bytes - before.bytes
-                if stage.opts.get("verify"):
-                    beat.set("verify")
-                    out.evidence = stage.verify(self, out, beat)
                 beat.set("manifest")
                 self._write_manifest(stage, out)
                 self._write_signature(stage, want, stage.fills(out))
@@ -521,9 +527,9 @@ class StageRun:
             return False
         beat.set("pull bundle")
         try:
-            files, fills = pull(self._registry(settings), settings["repository"], found.tag, found.digest,
-                                self.ctx.root, stage.artifact_dirs(), self.owner,
-                                {name: rel for name, (rel, _) in catalog.caches().items()}, signature=want)
+            files, fills, anchors = pull(self._registry(settings), settings["repository"], found.tag, found.digest,
+                                         self.ctx.root, stage.artifact_dirs(), self.owner,
+                                         {name: rel for name, (rel, _) in catalog.caches().items()}, signature=want)
         except BundleError as exc:
             out.warnings.append(f"bundle {found.tag} refused, compiled here: {exc}")
             self.log.optimize(stage.name, "progress", f"bundle refused: {exc}", hint="bundle")
@@ -532,8 +538,26 @@ class StageRun:
                                    "registry": settings["registry"], "repository": settings["repository"]}
         if fills:
             out.artifacts["filled"] = fills
+        try:
+            beat.set("relocate")
+            stage.relocate(self, anchors, out)
+        except StageFailed as exc:
+            return self._drop_pulled(stage, out, str(exc))
+        problem = stage.pulled_problem(self)
+        if problem:
+            return self._drop_pulled(stage, out, f"not warm here after the pull: {problem}")
         self.log.optimize(stage.name, "progress", f"pulled bundle {found.tag} ({len(files)} files)", hint="bundle")
         return True
+
+    def _drop_pulled(self, stage: Stage, out, why: str) -> bool:
+        """A pulled bundle that is not valid here: say so and compile here
+        (the compile rebuilds what is stale; the marker is still down)."""
+        bundle = out.artifacts.pop("bundle", {})
+        out.artifacts.pop("relocated", None)
+        out.artifacts.pop("filled", None)
+        out.warnings.append(f"bundle {bundle.get('tag', '')} {why}; compiled here")
+        self.log.optimize(stage.name, "progress", f"bundle not used: {why}", hint="bundle")
+        return False
 
     def _push(self, stage: Stage, want: dict, out, beat) -> None:
         """Publish what this host compiled and verified (never a failed or partial cache)."""
@@ -545,6 +569,11 @@ class StageRun:
         if settings is None or not settings["push"] or not self._files:
             return
         beat.set("push bundle")
+        files = self._files
+        if type(stage).bundle_keeps is not Stage.bundle_keeps:
+            from ..facts_artifacts import collect
+
+            files = collect(self.ctx.root, stage.artifact_dirs(), stage.bundle_keeps)
         tag = bundle_tag(stage.file_name, want)
         provenance = {"sglprep_version": __version__, "packages": dict(self.rt.packages),
                       "gpu": self.rt.gpus[0].name if self.rt.gpus else "",
@@ -552,11 +581,11 @@ class StageRun:
                       "image": self.data["runtime"]["container"]["image"] if self.ctx.runtime_kind == "docker" else ""}
         try:
             digest = push(self._registry(settings), settings["repository"], tag, self.ctx.root, stage.name, want,
-                          self._files, provenance, stage.fills(out))
+                          files, provenance, stage.fills(out), stage.anchors(self))
         except (BundleError, OSError) as exc:
             out.warnings.append(f"bundle not pushed: {exc}")
             return
-        out.artifacts["bundle"] = {"pushed": digest, "tag": tag, "files": len(self._files),
+        out.artifacts["bundle"] = {"pushed": digest, "tag": tag, "files": len(files),
                                    "registry": settings["registry"], "repository": settings["repository"]}
 
     def _disk(self, stage: Stage):

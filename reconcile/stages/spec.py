@@ -40,7 +40,7 @@ class Stage:
     own_depends: tuple = ()  # addresses besides the common ones (before the server's)
     conditional_routing: dict = {}  # env var -> dir under profiles/, routed only once this cache is valid
     resource_types: tuple = ()  # extra resource types this kind plans and applies (e.g. `flashinfer`)
-    portable: bool = True  # its cache can move to another storage root as is (bundles)
+    portable: bool = True  # its cache can travel in a bundle to another host (relocated by relocate())
     doc: str = ""
 
     def __init__(self, data: dict, name: str | None = None):
@@ -102,6 +102,28 @@ class Stage:
         name = rel.rsplit("/", 1)[-1]
         return not (name in ("signature.json", "manifest.json") or name.endswith((".log", ".lock", ".tmp", ".new"))
                     or name.startswith(".write_test"))
+
+    def bundle_keeps(self, rel: str) -> bool:
+        """Whether a bundle carries this file: by default what the artifact
+        manifest lists; a kind whose cache needs more than its artifacts to
+        be warm elsewhere (FlashInfer's build trees) says so here."""
+        return self.keeps(rel)
+
+    def anchors(self, run) -> dict:
+        """Absolute paths (as the runtime sees them) that this stage's cache
+        records inside its files; a bundle carries them so the pulling host
+        can relocate. Most caches record none."""
+        return {}
+
+    def relocate(self, run, anchors: dict, out) -> None:
+        """Make a pulled cache valid at this host's paths (`anchors`: the
+        pushing host's). Runs before the stage's checks; nothing by default."""
+
+    def pulled_problem(self, run) -> str:
+        """Whether a pulled (and relocated) cache is warm here, judged as after
+        a local build ("" = warm). The artifact manifest it carried has
+        already been checked file by file."""
+        return ""
 
     def fills(self, out) -> list:
         """Caches of other kinds this run filled (inspect names), kept in the
