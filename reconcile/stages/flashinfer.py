@@ -150,7 +150,11 @@ class FlashInfer(Stage):
 
     # ------------------------------------------------------------ bundles
     def anchors(self, run) -> dict:
-        return {"profiles": run.ctx.runtime_path("profiles"), "flashinfer_data": run.rt.flashinfer_data_dir}
+        # the package's data dir is <site>/flashinfer/data: its site dir covers FlashInfer's sources and
+        # the headers of the packages beside it (tvm_ffi) that build.ninja names
+        data = run.rt.flashinfer_data_dir.rstrip("/")
+        site = os.path.dirname(os.path.dirname(data)) if data.endswith("/flashinfer/data") else data
+        return {"profiles": run.ctx.runtime_path("profiles"), "site": site}
 
     def relocate(self, run, anchors: dict, out) -> None:
         from ..exec_relocate import RelocateError, relocate_build_tree
