@@ -239,3 +239,25 @@ def test_a_flashinfer_cache_pulled_to_another_root_is_relocated_and_builds_nothi
 
 def stage_result_named(proc, rig, name: str) -> dict:
     return rig.prep_result(proc)[1]["stages"][name]
+
+
+@needs_registry
+def test_a_standard_oras_client_lists_and_pulls_a_bundle(hosts, registry, tmp_path):
+    """The bundle is a plain OCI artifact: oras (the OCI client) lists its tag
+    and pulls its layer, and the layer holds the stage's files."""
+    oras_client = pytest.importorskip("oras.client")
+    make, _ = hosts
+    a = make(repository="oras-check")
+    proc = a.run("apply")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pushed = stage_result(proc, a)["artifacts"]["bundle"]
+    client = oras_client.OrasClient(hostname=registry[0], insecure=True)
+    assert pushed["tag"] in client.get_tags(f"{registry[0]}/oras-check")
+    [path] = client.pull(target=f"{registry[0]}/oras-check:{pushed['tag']}", outdir=str(tmp_path))
+    assert Path(path).name == f"{pushed['tag']}.tar.gz"
+    if Path(path).exists():  # oras keeps the layer as the titled file, or unpacks a tar+gzip it recognises
+        with tarfile.open(path) as tar:
+            tar.extractall(tmp_path)  # noqa: S202 - the layer this test just pushed
+    for i in range(3):
+        rel = f"profiles/custom/warm/kernels/k{i}.bin"
+        assert (tmp_path / rel).read_bytes() == (a.root / rel).read_bytes()
