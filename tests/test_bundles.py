@@ -261,3 +261,22 @@ def test_a_standard_oras_client_lists_and_pulls_a_bundle(hosts, registry, tmp_pa
     for i in range(3):
         rel = f"profiles/custom/warm/kernels/k{i}.bin"
         assert (tmp_path / rel).read_bytes() == (a.root / rel).read_bytes()
+
+
+@needs_registry
+def test_registry_credentials_never_reach_plans_logs_or_json(hosts):
+    make, _ = hosts
+    secret = "s3cret-registry-password-4711"
+    env = {"SGLPREP_REGISTRY_USERNAME": "fleet", "SGLPREP_REGISTRY_PASSWORD": secret}
+    a = make(repository="creds")
+    outputs = [a.run("plan", "--json", env=env), a.run("apply", env=env), a.run("bundles", "list", "--json", env=env)]
+    assert outputs[1].returncode == 0, outputs[1].stdout + outputs[1].stderr
+    for proc in outputs:
+        assert secret not in proc.stdout + proc.stderr
+    import base64
+
+    encoded = base64.b64encode(f"fleet:{secret}".encode()).decode()
+    for path in a.root.rglob("*"):
+        if path.is_file() and path.stat().st_size < 5_000_000:
+            data = path.read_bytes()
+            assert secret.encode() not in data and encoded.encode() not in data, path
