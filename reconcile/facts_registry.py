@@ -61,8 +61,57 @@ def auth_header(registry: str, environ) -> dict:
     return {"Authorization": f"Basic {entry['auth']}"} if isinstance(entry, dict) and entry.get("auth") else {}
 
 
+def _challenge(header: str) -> dict:
+    """The parameters of a `WWW-Authenticate: Bearer realm=…,service=…,scope=…` challenge."""
+    import re
+
+    if not header.lower().startswith("bearer "):
+        return {}
+    return {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', header[len("bearer "):])}
+
+
+def _registry_auth(basic: dict, timeout: float):
+    """An httpx auth flow for the distribution spec's token auth: a request
+    goes out with the last bearer token (or the basic credentials); a 401
+    with a Bearer challenge fetches a token from the challenge's realm for
+    its service and scope (with the basic credentials when there are any)
+    and sends the request once more. Registries that take basic auth
+    directly (docker-registry with htpasswd) never challenge for a token."""
+    import httpx
+
+    class RegistryAuth(httpx.Auth):
+        def __init__(self):
+            self.token = ""
+
+        def auth_flow(self, request):
+            if self.token:
+                request.headers["Authorization"] = f"Bearer {self.token}"
+            elif basic:
+                request.headers.update(basic)
+            response = yield request
+            if response.status_code != 401:
+                return
+            params = _challenge(response.headers.get("WWW-Authenticate", ""))
+            if not params.get("realm", "").startswith(("https://", "http://")):
+                return
+            query = {k: params[k] for k in ("service", "scope") if params.get(k)}
+            try:
+                got = httpx.get(params["realm"], params=query, headers=basic, timeout=timeout, trust_env=False)
+                token = got.json().get("token") or got.json().get("access_token") if got.status_code == 200 else ""
+            except (httpx.HTTPError, ValueError, AttributeError):
+                token = ""
+            if not token:
+                return
+            self.token = token
+            request.headers["Authorization"] = f"Bearer {token}"
+            yield request
+
+    return RegistryAuth()
+
+
 class Registry:
-    """The OCI distribution API of one registry, through httpx."""
+    """The OCI distribution API of one registry, through httpx (basic and
+    bearer-token auth)."""
 
     def __init__(self, registry: str, insecure: bool, timeout_s: float, environ=None):
         self.registry = registry
@@ -76,7 +125,8 @@ class Registry:
         import httpx
 
         if self._http is None:
-            self._http = httpx.Client(timeout=self.timeout, trust_env=False, headers=self.headers)
+            self._http = httpx.Client(timeout=self.timeout, trust_env=False,
+                                      auth=_registry_auth(self.headers, self.timeout))
         return self._http
 
     def manifest(self, repository: str, reference: str) -> tuple[dict, str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry_fixture import registry  # noqa: F401 - a loopback OCI registry for the bundle and fleet tests
+from registry_fixture import registry, token_registry  # noqa: F401 - loopback OCI registries for the bundle and fleet tests
 
 RESULTS: dict = {}
 

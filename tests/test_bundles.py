@@ -280,3 +280,27 @@ def test_registry_credentials_never_reach_plans_logs_or_json(hosts):
         if path.is_file() and path.stat().st_size < 5_000_000:
             data = path.read_bytes()
             assert secret.encode() not in data and encoded.encode() not in data, path
+
+
+@needs_registry
+def test_a_registry_with_token_auth_is_used_with_the_right_credentials_only(hosts, token_registry):
+    make, log = hosts
+    address, (user, password), counters = token_registry
+    env = {"SGLPREP_REGISTRY_USERNAME": user, "SGLPREP_REGISTRY_PASSWORD": password}
+    a, b = make(registry_addr=address, repository="tokens"), make(registry_addr=address, repository="tokens")
+    proc = a.run("apply", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pushed" in stage_result(proc, a)["artifacts"]["bundle"]
+    proc = b.run("apply", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pulled" in stage_result(proc, b)["artifacts"]["bundle"]
+    assert len(log.read_text().splitlines()) == 1
+    assert counters["challenges"] and counters["tokens"] and counters["forwarded"] and not counters["refused_tokens"]
+
+    c = make(registry_addr=address, repository="tokens")  # no credentials: asked, refused, compiled here
+    proc = c.run("apply", env={"HOME": str(c.base)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warm = stage_result(proc, c)
+    assert "bundle" not in warm["artifacts"] and len(log.read_text().splitlines()) == 2
+    assert any("HTTP 401" in w for w in warm["warnings"]), warm["warnings"]
+    assert password not in proc.stdout + proc.stderr
