@@ -579,6 +579,9 @@ class StageRun:
                       "gpu": self.rt.gpus[0].name if self.rt.gpus else "",
                       "compute_capability": self.rt.gpus[0].compute_cap if self.rt.gpus else "",
                       "image": self.data["runtime"]["container"]["image"] if self.ctx.runtime_kind == "docker" else ""}
+        if self.ctx.runtime_kind == "docker":  # the image the container runs, by content
+            provenance["image_id"] = getattr(self.facts().container(self.data["runtime"]["container"]["name"]),
+                                             "image_id", "")
         try:
             digest = push(self._registry(settings), settings["repository"], tag, self.ctx.root, stage.name, want,
                           files, provenance, stage.fills(out), stage.anchors(self))
