@@ -29,10 +29,32 @@ class BundleError(Exception):
     pass
 
 
-def _upload(registry: Registry, repository: str, data: bytes) -> str:
+def _file_sha256(path: str) -> tuple[str, int]:
+    import hashlib
+
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return "sha256:" + h.hexdigest(), size
+
+
+def _chunks(path: str):
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            yield chunk
+
+
+def _upload(registry: Registry, repository: str, data: bytes | str) -> str:
+    """Upload a blob (bytes, or the path of a file streamed from disk) unless
+    the registry has it; its digest."""
     import httpx
 
-    digest = sha256_hex(data)
+    if isinstance(data, str):
+        digest, size = _file_sha256(data)
+    else:
+        digest, size = sha256_hex(data), len(data)
     try:
         head = registry.http.head(f"{registry.base}/{repository}/blobs/{digest}")
         if head.status_code == 200:
@@ -44,8 +66,9 @@ def _upload(registry: Registry, repository: str, data: bytes) -> str:
         if location.startswith("/"):
             location = registry.base.rsplit("/v2", 1)[0] + location
         sep = "&" if "?" in location else "?"
-        done = registry.http.put(f"{location}{sep}digest={digest}", content=data,
-                                 headers={"Content-Type": "application/octet-stream"})
+        done = registry.http.put(f"{location}{sep}digest={digest}",
+                                 content=_chunks(data) if isinstance(data, str) else data,
+                                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
         if done.status_code not in (201, 204):
             raise BundleError(f"registry {registry.registry}: upload {digest[:19]}: HTTP {done.status_code}")
     except httpx.HTTPError as exc:
@@ -53,10 +76,10 @@ def _upload(registry: Registry, repository: str, data: bytes) -> str:
     return digest
 
 
-def pack(root: str, files: list) -> bytes:
-    """tar+gzip of the manifest's files, paths relative to the storage root."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+def pack(root: str, files: list, out) -> None:
+    """tar+gzip of the manifest's files into the file object `out`, paths
+    relative to the storage root."""
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6) as tar:
         for item in files:
             path = os.path.join(root, item["path"])
             info = tar.gettarinfo(path, arcname=item["path"])
@@ -64,7 +87,14 @@ def pack(root: str, files: list) -> bytes:
             info.uname = info.gname = ""
             with open(path, "rb") as fh:
                 tar.addfile(info, fh)
-    return buf.getvalue()
+
+
+def _scratch(suffix: str):
+    """A private temp file outside the storage root (the system's temp dir,
+    O_EXCL, mode 0600), removed on close: bundles never sit in memory whole."""
+    import tempfile
+
+    return tempfile.NamedTemporaryFile(prefix="sglprep-bundle-", suffix=suffix)
 
 
 def push(registry: Registry, repository: str, tag: str, root: str, stage: str, signature: dict, files: list,
@@ -72,18 +102,28 @@ def push(registry: Registry, repository: str, tag: str, root: str, stage: str, s
     """Push the bundle; its manifest digest. `fills`: other caches the stage
     filled (their files are in `files`); `anchors`: the absolute paths the
     cache records, so a pulling host can relocate it."""
+
+    with _scratch(".tar.gz") as layer_file:
+        pack(root, files, layer_file)
+        layer_file.flush()
+        layer_size = os.fstat(layer_file.fileno()).st_size
+        return _push_with_layer(registry, repository, tag, stage, signature, files, provenance, fills, anchors,
+                                layer_file.name, layer_size)
+
+
+def _push_with_layer(registry, repository, tag, stage, signature, files, provenance, fills, anchors,
+                     layer_path: str, layer_size: int) -> str:
     import httpx
 
-    layer = pack(root, files)
     config = json.dumps({"schema_version": "1", "stage": stage, "tag": tag, "signature": signature, "files": files,
                          "fills": list(fills), "anchors": dict(anchors or {}), "provenance": provenance},
                         sort_keys=True).encode()
-    layer_digest = _upload(registry, repository, layer)
+    layer_digest = _upload(registry, repository, layer_path)
     config_digest = _upload(registry, repository, config)
     manifest = {
         "schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": ARTIFACT_TYPE,
         "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
-        "layers": [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": len(layer),
+        "layers": [{"mediaType": LAYER_TYPE, "digest": layer_digest, "size": layer_size,
                     "annotations": {"org.opencontainers.image.title": f"{tag}.tar.gz"}}],
         "annotations": {"org.opencontainers.image.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "dev.sglprep.stage": stage, "dev.sglprep.files": str(len(files)),
@@ -119,15 +159,15 @@ def pull(registry: Registry, repository: str, tag: str, expected: str, root: str
         layer_desc, config_desc = manifest["layers"][0], manifest["config"]
         if manifest.get("artifactType") != ARTIFACT_TYPE or layer_desc["mediaType"] != LAYER_TYPE:
             raise BundleError(f"{tag} is not an sglprep cache bundle")
-        config_bytes = registry.blob(repository, config_desc["digest"], int(config_desc["size"]))
-        layer = registry.blob(repository, layer_desc["digest"], min(int(layer_desc["size"]), MAX_BUNDLE))
+        config_bytes = registry.blob(repository, config_desc["digest"], min(int(config_desc["size"]), 64 << 20))
+        layer_digest, layer_size = layer_desc["digest"], min(int(layer_desc["size"]), MAX_BUNDLE)
     except (KeyError, TypeError, ValueError, IndexError):
         raise BundleError(f"bundle {tag}: malformed manifest") from None
     except OSError as exc:
         raise BundleError(str(exc)) from None
-    for data, want in ((config_bytes, config_desc["digest"]), (layer, layer_desc["digest"])):
-        if sha256_hex(data) != want:
-            raise BundleError(f"bundle {tag}: digest mismatch ({sha256_hex(data)[:19]}, manifest says {want[:19]})")
+    if sha256_hex(config_bytes) != config_desc["digest"]:
+        raise BundleError(f"bundle {tag}: digest mismatch ({sha256_hex(config_bytes)[:19]}, "
+                          f"manifest says {config_desc['digest'][:19]})")
     try:
         config = json.loads(config_bytes)
     except ValueError:
@@ -141,7 +181,15 @@ def pull(registry: Registry, repository: str, tag: str, expected: str, root: str
     fills = [name for name in config.get("fills") or [] if name in (cache_dirs or {})]
     allowed = tuple(allowed) + tuple(cache_dirs[name] for name in fills)
     anchors = config.get("anchors") if isinstance(config.get("anchors"), dict) else {}
-    return unpack(layer, root, allowed, owner, files), fills, anchors
+    with _scratch(".tar.gz") as layer_file:
+        try:
+            got = registry.blob_to(repository, layer_digest, layer_size, layer_file)
+        except OSError as exc:
+            raise BundleError(str(exc)) from None
+        if got != layer_digest:
+            raise BundleError(f"bundle {tag}: digest mismatch ({got[:19]}, manifest says {layer_digest[:19]})")
+        layer_file.flush()
+        return unpack(layer_file.name, root, allowed, owner, files), fills, anchors
 
 
 def _safe_member(member: tarfile.TarInfo, allowed: tuple) -> str:
@@ -154,14 +202,21 @@ def _safe_member(member: tarfile.TarInfo, allowed: tuple) -> str:
     return name
 
 
-def unpack(layer: bytes, root: str, allowed: tuple, owner, files: dict) -> list:
+def unpack(layer: bytes | str, root: str, allowed: tuple, owner, files: dict) -> list:
+    """Unpack a checked layer (bytes, or the path of a file) into place; see
+    the module's docstring for what is refused."""
     import hashlib  # noqa: F401 - imported before privileges drop (file_digest uses it as the owner)
 
     from .facts_artifacts import digest as file_digest
     from .facts_host import linked_component
 
     allowed = tuple(a.rstrip("/") + "/" for a in allowed)
-    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:gz") as tar:
+    source = {"name": layer} if isinstance(layer, str) else {"fileobj": io.BytesIO(layer)}
+    try:
+        tar = tarfile.open(mode="r:gz", **source)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"bundle layer is not a tar+gzip: {exc}") from None
+    with tar:
         members = tar.getmembers()
         names = [_safe_member(m, allowed) for m in members]  # all checked before anything is written
         if set(names) != set(files):

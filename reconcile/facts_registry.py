@@ -163,6 +163,28 @@ class Registry:
         except httpx.HTTPError as exc:
             raise OSError(f"registry {self.registry}: {exc}") from None
 
+    def blob_to(self, repository: str, digest: str, limit: int, out) -> str:
+        """Stream a blob into the file object `out` (at most `limit` bytes);
+        the sha256 of what came."""
+        import hashlib
+
+        import httpx
+
+        h, size = hashlib.sha256(), 0
+        try:
+            with self.http.stream("GET", f"{self.base}/{repository}/blobs/{digest}", follow_redirects=True) as resp:
+                if resp.status_code != 200:
+                    raise OSError(f"registry {self.registry}: GET blob {digest[:19]}: HTTP {resp.status_code}")
+                for chunk in resp.iter_bytes(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        raise OSError(f"blob {digest[:19]} is larger than its manifest says")
+                    h.update(chunk)
+                    out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise OSError(f"registry {self.registry}: {exc}") from None
+        return "sha256:" + h.hexdigest()
+
     def tags(self, repository: str) -> list:
         import httpx
 

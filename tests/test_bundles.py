@@ -90,6 +90,8 @@ def test_one_host_compiles_and_pushes_another_pulls(hosts):
         assert (b.root / "profiles/custom/warm/kernels/k0.bin").stat().st_uid == 4242
     assert b.run("plan", "--detailed-exitcode").returncode == 0  # pulled, proven, converged
     assert b.run("plan", "--verify", "--detailed-exitcode").returncode == 0
+    # layers are streamed through private temp files, never left behind
+    assert not list(Path(tempfile.gettempdir()).glob("sglprep-bundle-*.tar.gz"))
 
 
 @needs_registry
