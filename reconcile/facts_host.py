@@ -287,6 +287,31 @@ def parse_iso(text: str) -> float | None:
 # ------------------------------------------------------------------ gathering
 
 
+def flock_held(path: str) -> bool | None:
+    """Whether a live process holds the flock of the lock file at `path`
+    (None: no such file). A test lock, released at once; the file is not
+    changed. A link, a FIFO or anything but a regular file is held by
+    nobody (sglprep never makes one); opening never blocks."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 class HostFacts:
     """Lazy, memoized, read-only view of the local host."""
 
@@ -434,26 +459,7 @@ class HostFacts:
     def lock_held(self, path: str) -> bool | None:
         """Whether a live process holds the flock of the lock at `path` (None:
         no lock file). A test lock, released at once; the file is not changed."""
-        import fcntl
-
-        def compute():
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-            except FileNotFoundError:
-                return None
-            except OSError:
-                return False
-            try:
-                if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-                    return False
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return False
-            except OSError:
-                return True
-            finally:
-                os.close(fd)
-        return self._cached(("lock_held", path), compute)
+        return self._cached(("lock_held", path), lambda: flock_held(path))
 
     def temp_leftovers(self, dirs: tuple) -> tuple:
         """(path, writer pid) of every temp file sglprep's atomic writes leave

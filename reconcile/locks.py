@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-from .facts_host import HostFacts, LockFact
+from .facts_host import HostFacts, LockFact, flock_held
 
 # A process started this long after a lock's started_at is a different process
 # that reused the pid (clock granularity and ISO rounding stay well inside it).
@@ -142,24 +142,6 @@ def hold(path: str) -> None:
 
 
 def held_by_anyone(path: str) -> bool:
-    """Whether a live process holds the flock of the lock at `path`. A link,
-    a FIFO or anything but a regular file is held by nobody (sglprep never
-    makes one); opening never blocks."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        import stat
-
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    """Whether a live process holds the flock of the lock at `path` (no file,
+    a link, a FIFO: nobody)."""
+    return bool(flock_held(path))
