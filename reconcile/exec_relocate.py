@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 import struct
 import time
+
+from .journal import fsync_dir, temp_name
 
 __all__ = [
     "RelocateError",
@@ -643,17 +644,11 @@ def _read(path: str) -> bytes:
 
 
 def _atomic_write(path: str, data: bytes, mode: int) -> None:
-    d, base = os.path.split(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(100):
-        tmp = os.path.join(d, f".{base}.relocate-{os.getpid()}-{secrets.token_hex(6)}")
-        try:
-            fd = os.open(tmp, flags, 0o600)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise RelocateError(f"{path}: could not create a temporary file")
+    """Replace `path` (still a regular file) with `data`, keeping its mode:
+    a temp file named as journal names them (O_EXCL|O_NOFOLLOW; a `.tmp`
+    name neither manifests nor bundles carry), fsync, rename."""
+    tmp = temp_name(path, "tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             view = memoryview(data)
@@ -673,19 +668,6 @@ def _atomic_write(path: str, data: bytes, mode: int) -> None:
         except OSError:
             pass
         raise
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------
@@ -850,7 +832,7 @@ def _apply_module(mod: _Module, summary: dict) -> None:
             continue
         if stat.S_ISREG(st.st_mode):
             os.utime(f, ns=(stamp, stamp), follow_symlinks=False)
-    _fsync_dir(mod.path)
+    fsync_dir(mod.path)
 
 
 def relocate_build_tree(directory: str, moves: list[tuple[str, str]]) -> dict:

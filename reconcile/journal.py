@@ -21,7 +21,8 @@ def new_run_id(prefix: str = "run") -> str:
     return f"{prefix}-{stamp}-{os.urandom(4).hex()}"
 
 
-def _fsync_dir(directory: str) -> None:
+def fsync_dir(directory: str) -> None:
+    """fsync a directory (after a rename in it); errors are ignored."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -80,7 +81,7 @@ def atomic_write(path: str, data: bytes | str, mode: int = 0o644) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def atomic_write_json(path: str, value, mode: int = 0o644) -> None:
@@ -100,7 +101,7 @@ def create_exclusive(path: str, data: bytes | str, mode: int = 0o644) -> bool:
         return False
     finally:
         _unlink_quietly(tmp)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return True
 
 
