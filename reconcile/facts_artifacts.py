@@ -83,33 +83,43 @@ def elf_whole(path: str, size: int) -> bool | None:
     return shoff + shentsize * shnum <= size
 
 
+def walk_entries(top: str):
+    """Every entry under `top` that is not a directory (os.DirEntry), one
+    os.scandir walk: no symlink followed, unreadable directories skipped."""
+    stack = [top]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                except OSError:
+                    continue
+                yield entry
+
+
 def collect(root: str, dirs: tuple, keep) -> list:
     """Entries for every regular file under `dirs` (relative to `root`) that
     `keep(rel)` accepts; links and special files are not followed or listed."""
     out = []
     for top in dirs:
-        stack = [os.path.join(root, top)]
-        while stack:
-            try:
-                entries = os.scandir(stack.pop())
-            except OSError:
+        for entry in walk_entries(os.path.join(root, top)):
+            if not entry.is_file(follow_symlinks=False):
                 continue
-            with entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    rel = os.path.relpath(entry.path, root)
-                    if not keep(rel):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                    item = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                            "sha256": digest(entry.path, st.st_size)}
-                    if elf_whole(entry.path, st.st_size):
-                        item["elf"] = True
-                    out.append(item)
+            rel = os.path.relpath(entry.path, root)
+            if not keep(rel):
+                continue
+            st = entry.stat(follow_symlinks=False)
+            item = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                    "sha256": digest(entry.path, st.st_size)}
+            if elf_whole(entry.path, st.st_size):
+                item["elf"] = True
+            out.append(item)
     return sorted(out, key=lambda item: item["path"])
 
 

@@ -148,33 +148,25 @@ def tree_scan(path: str, keep_newest: int = 0) -> tuple:
     newest first): one walk."""
     import heapq
 
+    from .facts_artifacts import walk_entries
+
     count = size = 0
     newest = 0.0
     heap: list = []
-    stack = [path]
-    while stack:
+    for entry in walk_entries(path):
         try:
-            entries = os.scandir(stack.pop())
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                count += 1
-                size += st.st_size
-                newest = max(newest, st.st_mtime)
-                if keep_newest:
-                    item = (st.st_mtime, entry.path, st.st_size)
-                    if len(heap) < keep_newest:
-                        heapq.heappush(heap, item)
-                    elif item > heap[0]:
-                        heapq.heapreplace(heap, item)
+        count += 1
+        size += st.st_size
+        newest = max(newest, st.st_mtime)
+        if keep_newest:
+            item = (st.st_mtime, entry.path, st.st_size)
+            if len(heap) < keep_newest:
+                heapq.heappush(heap, item)
+            elif item > heap[0]:
+                heapq.heapreplace(heap, item)
     return TreeStats(count, size, newest), sorted(heap, reverse=True)
 
 
