@@ -103,9 +103,12 @@ def walk_entries(top: str):
                 yield entry
 
 
-def collect(root: str, dirs: tuple, keep) -> list:
+def collect(root: str, dirs: tuple, keep, known: dict | None = None) -> list:
     """Entries for every regular file under `dirs` (relative to `root`) that
-    `keep(rel)` accepts; links and special files are not followed or listed."""
+    `keep(rel)` accepts; links and special files are not followed or listed.
+    `known`: path -> an entry collected just before; one whose size and
+    mtime_ns still match is reused instead of hashing the file again."""
+    known = known or {}
     out = []
     for top in dirs:
         for entry in walk_entries(os.path.join(root, top)):
@@ -115,6 +118,10 @@ def collect(root: str, dirs: tuple, keep) -> list:
             if not keep(rel):
                 continue
             st = entry.stat(follow_symlinks=False)
+            seen = known.get(rel)
+            if seen and seen["size"] == st.st_size and seen["mtime_ns"] == st.st_mtime_ns:
+                out.append(seen)
+                continue
             item = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                     "sha256": digest(entry.path, st.st_size)}
             if elf_whole(entry.path, st.st_size):

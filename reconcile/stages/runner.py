@@ -573,7 +573,8 @@ class StageRun:
         if type(stage).bundle_keeps is not Stage.bundle_keeps:
             from ..facts_artifacts import collect
 
-            files = collect(self.ctx.root, stage.artifact_dirs(), stage.bundle_keeps)
+            files = collect(self.ctx.root, stage.artifact_dirs(), stage.bundle_keeps,
+                            known={f["path"]: f for f in self._files})  # the manifest's files: hashed already
         tag = bundle_tag(stage.file_name, want)
         provenance = {"sglprep_version": __version__, "packages": dict(self.rt.packages),
                       "gpu": self.rt.gpus[0].name if self.rt.gpus else "",
