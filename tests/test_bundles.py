@@ -58,8 +58,8 @@ def hosts(registry):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def stage_result(proc, rig) -> dict:
-    return rig.prep_result(proc)[1]["stages"]["custom/warm"]
+def stage_result(proc, rig, name: str = "custom/warm") -> dict:
+    return rig.prep_result(proc)[1]["stages"][name]
 
 
 @needs_registry
@@ -211,7 +211,7 @@ def test_a_flashinfer_cache_pulled_to_another_root_is_relocated_and_builds_nothi
         a, b = rigs
         proc = a.run("apply")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        fi_a = stage_result_named(proc, a, "flashinfer")
+        fi_a = stage_result(proc, a, "flashinfer")
         assert fi_a["artifacts"]["bundle"]["pushed"] and all(m["cold"] for m in fi_a["artifacts"]["modules"])
 
         doc = json.loads(b.run("plan", "--json").stdout)
@@ -219,7 +219,7 @@ def test_a_flashinfer_cache_pulled_to_another_root_is_relocated_and_builds_nothi
         assert "; pull bundle sha256:" in change["message"], change["message"]
         proc = b.run("apply")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        fi_b = stage_result_named(proc, b, "flashinfer")
+        fi_b = stage_result(proc, b, "flashinfer")
         assert fi_b["artifacts"]["bundle"]["pulled"] == fi_a["artifacts"]["bundle"]["pushed"], fi_b["warnings"]
         assert "modules" not in fi_b["artifacts"], "host B built FlashInfer modules instead of using the bundle"
         moved = dict(map(tuple, fi_b["artifacts"]["relocated"]["moves"]))
@@ -238,9 +238,6 @@ def test_a_flashinfer_cache_pulled_to_another_root_is_relocated_and_builds_nothi
             if not os.environ.get("KEEP"):
                 shutil.rmtree(base, ignore_errors=True)
 
-
-def stage_result_named(proc, rig, name: str) -> dict:
-    return rig.prep_result(proc)[1]["stages"][name]
 
 
 @needs_registry

@@ -31,33 +31,40 @@ time.sleep(0.3)
 """
 
 
-@pytest.fixture
-def fleet():
-    base = Path(tempfile.mkdtemp(prefix="sglprep-fleet-"))
+def fleet_base(prefix: str) -> tuple[Path, Path]:
+    """A world-readable scratch dir with the priming script and its log."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     base.chmod(0o755)
     log = base / "primed.jsonl"
     log.touch()
     log.chmod(0o666)
     (base / "prime.py").write_text(PRIME)
-    import yaml
-
-    from runtime_fixture import make_runtime, runtime_python
-
-    rt_env = make_runtime(base / "rt")  # the fake runtime: GPUs for the probe
-    state = {"version": 1, "storage": {"min_free_gib": 0, **({"owner": f"{OWNER[0]}:{OWNER[1]}"} if IS_ROOT else {})},
-             "runtime": {"kind": "local", "python": runtime_python(), "env": rt_env},
-             "caches": {"deep_gemm": "skip", "moe_tune": "skip", "flashinfer": "skip", "inductor": "skip",
-                        "custom": {"warm": {"command": [runtime_python(), str(base / "prime.py")],
-                                            "env": {"FLEET_LOG": str(log)}}}}}
-    (base / "state.yaml").write_text(yaml.safe_dump(state))
     (base / "prime.py").chmod(0o644)
-    hosts = {"h100": ["gpu01", "gpu02"], "h200": ["gpu03", "gpu04"]}
+    return base, log
+
+
+def fleet_state(base: Path, log: Path, rt_env: dict, **extra) -> dict:
+    """Every cache stage skipped but the custom one that logs each priming."""
+    from runtime_fixture import runtime_python
+
+    return {"version": 1, "storage": {"min_free_gib": 0, **({"owner": f"{OWNER[0]}:{OWNER[1]}"} if IS_ROOT else {})},
+            "runtime": {"kind": "local", "python": runtime_python(), "env": rt_env}, **extra,
+            "caches": {"deep_gemm": "skip", "moe_tune": "skip", "flashinfer": "skip", "inductor": "skip",
+                       "custom": {"warm": {"command": [runtime_python(), str(base / "prime.py")],
+                                           "env": {"FLEET_LOG": str(log)}}}}}
+
+
+def write_inventory(base: Path, groups: dict, all_vars: tuple = ()) -> None:
+    """inventory.yaml: local connection, sglprep from this checkout; `groups`:
+    group -> (host names, extra group var lines); each host gets its own
+    storage root under base/<host>."""
     lines = ["all:", "  vars:", "    ansible_connection: local", f"    ansible_python_interpreter: {sys.executable}",
-             f"    sglprep_state: {base / 'state.yaml'}",
+             *all_vars,
              f"    sglprep_executable: [/usr/bin/env, 'PYTHONPATH={REPO}', {sys.executable}, -m, reconcile]",
              "  children:"]
-    for group, names in hosts.items():
-        lines += [f"    {group}:", "      vars:", f"        sglprep_signature_group: {group}", "      hosts:"]
+    for group, (names, group_vars) in groups.items():
+        lines += [f"    {group}:", "      vars:", f"        sglprep_signature_group: {group}", *group_vars,
+                  "      hosts:"]
         for name in names:
             root = base / name
             root.mkdir()
@@ -65,6 +72,19 @@ def fleet():
                 os.chown(root, *OWNER)
             lines += [f"        {name}:", "          sglprep:", f"            storage: {{root: {root}/root}}"]
     (base / "inventory.yaml").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def fleet():
+    import yaml
+
+    from runtime_fixture import make_runtime
+
+    base, log = fleet_base("sglprep-fleet-")
+    rt_env = make_runtime(base / "rt")  # the fake runtime: GPUs for the probe
+    (base / "state.yaml").write_text(yaml.safe_dump(fleet_state(base, log, rt_env)))
+    write_inventory(base, {"h100": (["gpu01", "gpu02"], ()), "h200": (["gpu03", "gpu04"], ())},
+                    all_vars=(f"    sglprep_state: {base / 'state.yaml'}",))
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
@@ -132,37 +152,17 @@ def bundled_fleet(registry):
     """Four hosts, two GPU SKUs (a fake runtime each), one loopback registry."""
     import yaml
 
-    from runtime_fixture import make_runtime, runtime_python
+    from runtime_fixture import make_runtime
 
-    base = Path(tempfile.mkdtemp(prefix="sglprep-fleet-bundles-"))
-    base.chmod(0o755)
-    log = base / "primed.jsonl"
-    log.touch()
-    log.chmod(0o666)
-    (base / "prime.py").write_text(PRIME)
-    (base / "prime.py").chmod(0o644)
-    lines = ["all:", "  vars:", "    ansible_connection: local", f"    ansible_python_interpreter: {sys.executable}",
-             f"    sglprep_executable: [/usr/bin/env, 'PYTHONPATH={REPO}', {sys.executable}, -m, reconcile]",
-             "  children:"]
+    base, log = fleet_base("sglprep-fleet-bundles-")
+    groups = {}
     for sku, gpus in SKUS.items():
-        state = {"version": 1,
-                 "storage": {"min_free_gib": 0, **({"owner": f"{OWNER[0]}:{OWNER[1]}"} if IS_ROOT else {})},
-                 "runtime": {"kind": "local", "python": runtime_python(), "env": make_runtime(base / f"rt-{sku}",
-                                                                                            gpus=gpus)},
-                 "bundles": {"registry": registry[0], "repository": "fleet-e2e", "insecure": True, "timeout_s": 5},
-                 "caches": {"deep_gemm": "skip", "moe_tune": "skip", "flashinfer": "skip", "inductor": "skip",
-                            "custom": {"warm": {"command": [runtime_python(), str(base / "prime.py")],
-                                                "env": {"FLEET_LOG": str(log)}}}}}
+        state = fleet_state(base, log, make_runtime(base / f"rt-{sku}", gpus=gpus),
+                            bundles={"registry": registry[0], "repository": "fleet-e2e", "insecure": True,
+                                     "timeout_s": 5})
         (base / f"{sku}.yaml").write_text(yaml.safe_dump(state))
-        lines += [f"    {sku}:", "      vars:", f"        sglprep_signature_group: {sku}",
-                  f"        sglprep_state: {base / f'{sku}.yaml'}", "      hosts:"]
-        for name in [f"{sku}-a", f"{sku}-b"]:
-            root = base / name
-            root.mkdir()
-            if IS_ROOT:
-                os.chown(root, *OWNER)
-            lines += [f"        {name}:", "          sglprep:", f"            storage: {{root: {root}/root}}"]
-    (base / "inventory.yaml").write_text("\n".join(lines) + "\n")
+        groups[sku] = ([f"{sku}-a", f"{sku}-b"], (f"        sglprep_state: {base / f'{sku}.yaml'}",))
+    write_inventory(base, groups)
     yield base
     shutil.rmtree(base, ignore_errors=True)
 
